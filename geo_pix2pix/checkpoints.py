@@ -1,0 +1,211 @@
+"""Self-describing checkpoints.
+
+A checkpoint is a plain dict of tensors, strings and numbers, so that it loads with
+``torch.load(path, weights_only=True)`` (no pickled code runs). It stores what is
+needed to rebuild the networks and to use them correctly, as nanoGPT stores its
+``model_args`` beside the weights:
+
+.. code-block:: text
+
+    format            "geo-pix2pix-checkpoint"
+    format_version    1
+    library_version   geo_pix2pix.__version__ that wrote it
+    generator         {"config": GeneratorConfig fields, "state_dict": {...}}
+    discriminator     optional, same layout (needed to continue GAN training)
+    ground_resolution metres per pixel the model was trained at (None: unknown)
+    inference         {"norm_mode": ..., "dropout": false}: how the model is run
+    provenance        free-form str/number dict: data, recipe, steps, wall time
+    training          optional: step, optimiser states, RNG state (for --resume)
+
+Weights may be stored in float16 to keep the shipped default model small; they are
+cast back to float32 on load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+__all__ = ["Checkpoint", "export_checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "geo-pix2pix-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """The parsed content of a checkpoint file."""
+
+    generator_config: GeneratorConfig
+    generator_state: dict[str, torch.Tensor]
+    ground_resolution: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    discriminator_config: DiscriminatorConfig | None = None
+    discriminator_state: dict[str, torch.Tensor] | None = None
+    training: dict[str, Any] | None = None
+    library_version: str = ""
+    path: str | None = None
+
+    def build_generator(self) -> Generator:
+        net = Generator(self.generator_config)
+        _load_state(net, self.generator_state, self.path, "generator")
+        return net
+
+    def build_discriminator(self) -> Discriminator | None:
+        if self.discriminator_config is None or self.discriminator_state is None:
+            return None
+        net = Discriminator(self.discriminator_config)
+        _load_state(net, self.discriminator_state, self.path, "discriminator")
+        return net
+
+
+def _load_state(net: torch.nn.Module, state: dict, path: str | None, what: str) -> None:
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise CheckpointError(
+            f"{path or 'checkpoint'}: the {what} weights do not fit the network described "
+            f"in the same file ({detail}); the file is from another architecture or was "
+            "edited: use a checkpoint written by geo-pix2pix train"
+        ) from None
+
+
+def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    generator: Generator,
+    *,
+    ground_resolution: float | None = None,
+    provenance: dict[str, Any] | None = None,
+    discriminator: Discriminator | None = None,
+    training: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
+    from . import __version__
+
+    def pack(net):
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        return {"config": net.config.to_dict(), "state_dict": _half(state) if half else state}
+
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "generator": pack(generator),
+        "ground_resolution": None if ground_resolution is None else float(ground_resolution),
+        "inference": {"norm": generator.config.norm, "dropout": False},
+        "provenance": dict(provenance or {}),
+    }
+    if discriminator is not None:
+        payload["discriminator"] = pack(discriminator)
+    if training is not None:
+        payload["training"] = training
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist: check the path")
+    if path.is_dir():
+        raise CheckpointError(f"weights file {str(path)!r} is a directory: give a .pt file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable geo-pix2pix checkpoint ({reason[:160]}); "
+            "the file is corrupt, truncated or not a PyTorch file: train one with "
+            "'geo-pix2pix train' or omit the weights to use the default model"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is a PyTorch file but not a geo-pix2pix checkpoint (no "
+            f"format={FORMAT!r} entry): bare state dicts carry no network config; "
+            "use a checkpoint written by geo-pix2pix train"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format version {version!r}; this geo-pix2pix "
+            f"reads up to version {FORMAT_VERSION}: upgrade geo-pix2pix"
+        )
+    try:
+        gen = payload["generator"]
+        gconf = GeneratorConfig(**gen["config"])
+        dconf = dstate = None
+        if "discriminator" in payload:
+            dconf = DiscriminatorConfig(**payload["discriminator"]["config"])
+            dstate = payload["discriminator"]["state_dict"]
+        ckpt = Checkpoint(
+            generator_config=gconf,
+            generator_state=gen["state_dict"],
+            ground_resolution=payload.get("ground_resolution"),
+            provenance=dict(payload.get("provenance") or {}),
+            discriminator_config=dconf,
+            discriminator_state=dstate,
+            training=payload.get("training"),
+            library_version=str(payload.get("library_version", "")),
+            path=str(path),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{str(path)!r} is a geo-pix2pix checkpoint with a malformed network "
+            f"description ({exc}): re-export it with 'geo-pix2pix train'"
+        ) from None
+    return ckpt
+
+
+def export_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    half: bool = True,
+    keep_discriminator: bool = True,
+    ground_resolution: float | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write a slim copy of ``src`` for shipping: no optimiser state, float16 weights.
+
+    The discriminator is kept by default (it is small) so that training can be
+    continued from the shipped file; ``ground_resolution`` and ``provenance`` entries
+    override those of ``src``.
+    """
+    ckpt = load_checkpoint(src)
+    prov = dict(ckpt.provenance)
+    prov.update(provenance or {})
+    return save_checkpoint(
+        dst,
+        ckpt.build_generator(),
+        discriminator=ckpt.build_discriminator() if keep_discriminator else None,
+        ground_resolution=ground_resolution if ground_resolution is not None else ckpt.ground_resolution,
+        provenance=prov,
+        half=half,
+    )

@@ -1,0 +1,67 @@
+"""Exceptions and warnings of geo-pix2pix.
+
+Every error a user can cause derives from :class:`GeoPix2PixError`; where a built-in
+exception fits too it is a second base (as rasterio's ``RasterioIOError`` is an
+``OSError``), so callers can catch either. Messages say the rule, the value and the fix
+on one line: the CLI prints them as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "DatasetError",
+    "DeviceError",
+    "GeoPix2PixError",
+    "InputRasterError",
+    "NotGeoreferencedWarning",
+    "OptionError",
+    "OutputExistsError",
+    "OutputPathError",
+    "ResolutionWarning",
+    "TileSourceError",
+]
+
+
+class GeoPix2PixError(Exception):
+    """Root of every error geo-pix2pix raises on purpose."""
+
+
+class OptionError(GeoPix2PixError, ValueError):
+    """An option has a value outside its rule (batch size, overlap, zoom range…)."""
+
+
+class InputRasterError(GeoPix2PixError, OSError):
+    """The input raster is missing, unreadable, or of a kind the tool cannot use."""
+
+
+class OutputPathError(GeoPix2PixError, OSError):
+    """The output cannot be written where asked (missing directory, same as input…)."""
+
+
+class OutputExistsError(OutputPathError, FileExistsError):
+    """The output exists and ``overwrite`` was not given."""
+
+
+class CheckpointError(GeoPix2PixError, ValueError):
+    """A weights file is corrupt, truncated, foreign, or of another architecture."""
+
+
+class DeviceError(GeoPix2PixError, RuntimeError):
+    """The requested device (cuda, mps) is not available."""
+
+
+class DatasetError(GeoPix2PixError, ValueError):
+    """A training or evaluation dataset is empty, unpaired or malformed."""
+
+
+class TileSourceError(GeoPix2PixError, OSError):
+    """An XYZ/MBTiles/PMTiles source or destination cannot be used."""
+
+
+class NotGeoreferencedWarning(UserWarning):
+    """The input has no georeference: the pixel grid is kept and nothing is resampled."""
+
+
+class ResolutionWarning(UserWarning):
+    """The input's ground resolution is far from the model's and is resampled."""

@@ -1,0 +1,342 @@
+"""Raster I/O: open a map raster as RGB windows with a validity mask, write GeoTIFFs.
+
+This is the only module (with the CLI) that touches raster files. It turns whatever
+GDAL can read into what the model needs, (3, H, W) uint8 RGB plus a validity mask,
+and says clearly when it cannot:
+
+- 3 or 4 byte bands (RGB, RGBA with an alpha band);
+- 1 byte band with a colour table (expanded to RGB through the table);
+- 1 byte band of grey (repeated to RGB), or grey + alpha;
+- anything else with ``bands=(r, g, b)`` chosen by the user.
+
+Windows that reach past the raster's edges are filled by reflection (tiles near an
+edge see a mirror image of the map rather than black), and their mask is False there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferencedWarning
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from .errors import InputRasterError, NotGeoreferencedWarning, OptionError, OutputExistsError, OutputPathError
+
+__all__ = [
+    "MapRaster",
+    "atomic_output",
+    "ground_resolution",
+    "open_map_raster",
+    "open_output",
+    "output_profile",
+    "parse_bands",
+    "scratch_path",
+]
+
+EARTH_RADIUS = 6_371_008.8  # mean radius (IUGG), metres
+
+
+def parse_bands(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"3,2,1"`` or ``(3, 2, 1)`` → ``(3, 2, 1)``; 1-based band numbers, as GDAL counts."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            out = tuple(int(v) for v in value.replace(" ", "").split(","))
+        except ValueError:
+            raise OptionError(f"--bands {value!r} must be band numbers like 1,2,3") from None
+    else:
+        out = tuple(int(v) for v in value)
+    if len(out) not in (1, 3) or any(b < 1 for b in out):
+        raise OptionError(f"--bands {value!r} must be 3 band numbers (R,G,B) or 1 (grey), each ≥ 1")
+    return out
+
+
+@dataclass
+class MapRaster:
+    """An open input raster, read as RGB + validity mask.
+
+    Use :func:`open_map_raster` to make one; it is a context manager.
+    """
+
+    dataset: rasterio.io.DatasetReader  # or a WarpedVRT on the model's grid
+    path: str
+    bands: tuple[int, ...]  # 1-based bands read: (r, g, b), (grey,) or (index,) with a colormap
+    lut: np.ndarray | None  # (256, 3) colour table for paletted input
+    alpha_band: int | None
+    has_mask: bool  # True when some pixels can be invalid (nodata, alpha, mask band)
+    georeferenced: bool
+
+    @property
+    def height(self) -> int:
+        return self.dataset.height
+
+    @property
+    def width(self) -> int:
+        return self.dataset.width
+
+    def read(self, row_off: int, col_off: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB (3, height, width) uint8 and valid (height, width) bool of a window.
+
+        The window may reach past the raster; those pixels are reflections of the
+        raster and are marked invalid.
+        """
+        r0, c0 = max(row_off, 0), max(col_off, 0)
+        r1, c1 = min(row_off + height, self.height), min(col_off + width, self.width)
+        if r1 <= r0 or c1 <= c0:
+            raise ValueError(f"window ({row_off}, {col_off}, {height}, {width}) misses the raster")
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        data = self.dataset.read(self.bands, window=win)
+        if self.lut is not None:
+            rgb = self.lut[data[0]].transpose(2, 0, 1)
+        elif data.shape[0] == 1:
+            rgb = np.repeat(data, 3, axis=0)
+        else:
+            rgb = data
+        if self.has_mask:
+            valid = self._mask(win)
+        else:
+            valid = np.ones(rgb.shape[1:], dtype=bool)
+        pads = ((r0 - row_off, row_off + height - r1), (c0 - col_off, col_off + width - c1))
+        if any(p for pair in pads for p in pair):
+            rgb = np.pad(rgb, ((0, 0),) + pads, mode="reflect")
+            valid = np.pad(valid, pads, mode="constant", constant_values=False)
+        return np.ascontiguousarray(rgb, dtype=np.uint8), valid
+
+    def _mask(self, win: Window) -> np.ndarray:
+        if self.alpha_band is not None:
+            return self.dataset.read(self.alpha_band, window=win) > 0
+        # GDAL's dataset mask: invalid only where every band is nodata (or masked).
+        return self.dataset.dataset_mask(window=win) > 0
+
+    def close(self) -> None:
+        self.dataset.close()
+
+    def __enter__(self) -> MapRaster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _describe(ds) -> str:
+    return f"{ds.count} band(s) of {ds.dtypes[0]}"
+
+
+def open_map_raster(path: str | os.PathLike, bands: str | Sequence[int] | None = None) -> MapRaster:
+    """Open ``path`` for rendering; raise :class:`InputRasterError` with a fix if unusable."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputRasterError(f"input {path!r} does not exist: check the path")
+    if os.path.isdir(path):
+        raise InputRasterError(f"input {path!r} is a directory: give a raster file (GeoTIFF, PNG, JPEG…)")
+    if os.path.getsize(path) == 0:
+        raise InputRasterError(f"input {path!r} is an empty file (0 bytes): it is not a raster")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RioNotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise InputRasterError(
+                f"input {path!r} is not a raster GDAL can read ({_first_line(exc)}): "
+                "give a GeoTIFF, PNG or JPEG"
+            ) from None
+    try:
+        return _validate(ds, path, parse_bands(bands), bool(caught))
+    except BaseException:
+        ds.close()
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _validate(ds, path: str, bands: tuple[int, ...] | None, not_georef_warned: bool) -> MapRaster:
+    if ds.width < 1 or ds.height < 1:
+        raise InputRasterError(f"input {path!r} has size {ds.width}×{ds.height}: nothing to render")
+    t = ds.transform
+    if t.b != 0 or t.d != 0:
+        raise InputRasterError(
+            f"input {path!r} has a rotated or sheared geotransform ({t.b:g}, {t.d:g} in the "
+            "rotation terms): warp it north-up first, e.g. gdalwarp in.tif north_up.tif"
+        )
+    georef = ds.crs is not None and not t.is_identity
+    if not georef:
+        what = "no georeference" if t.is_identity else "a transform but no CRS"
+        warnings.warn(
+            f"input {path!r} has {what}: rendering on its pixel grid, without resampling to "
+            "the model's ground resolution; the output has no CRS either",
+            NotGeoreferencedWarning, stacklevel=3,
+        )
+    if bands is not None:
+        bad = [b for b in bands if b > ds.count]
+        if bad:
+            raise OptionError(f"--bands {','.join(map(str, bands))}: band(s) {bad} do not exist; "
+                              f"{path!r} has {ds.count} band(s)")
+    interp = list(ds.colorinterp)
+    alpha = next((i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha), None)
+    lut = None
+    if bands is None:
+        if ds.count in (3, 4) and (ds.count == 3 or alpha == 4 or interp[3] == ColorInterp.undefined):
+            bands = (1, 2, 3)
+            if ds.count == 4 and alpha is None:
+                alpha = 4  # RGBA files often leave band 4's interpretation undefined
+        elif ds.count == 1 or (ds.count == 2 and alpha == 2):
+            bands = (1,)
+        else:
+            raise InputRasterError(
+                f"input {path!r} has {_describe(ds)} ({', '.join(c.name for c in interp)}): "
+                "choose the red, green and blue bands with --bands R,G,B (e.g. --bands 1,2,3)"
+            )
+    if alpha in bands:
+        alpha = None  # the user asked to read it as colour
+    dtypes = {ds.dtypes[b - 1] for b in bands}
+    if dtypes != {"uint8"}:
+        raise InputRasterError(
+            f"input {path!r} is {'/'.join(sorted(dtypes))}, but the model takes 8-bit map "
+            "renderings (RGB, grey or paletted): convert it first, e.g. "
+            "gdal_translate -ot Byte -scale in.tif in8.tif"
+        )
+    if len(bands) == 1 and ds.colorinterp[bands[0] - 1] == ColorInterp.palette:
+        lut = _colormap_lut(ds, bands[0])
+    has_mask = alpha is not None or any(
+        MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in bands
+    )
+    return MapRaster(ds, path, bands, lut, alpha, has_mask, georef)
+
+
+def _colormap_lut(ds, band: int) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for index, rgba in ds.colormap(band).items():
+        if 0 <= index < 256:
+            lut[index] = rgba[:3]
+    return lut
+
+
+def ground_resolution(crs, transform, width: int, height: int) -> float | None:
+    """Metres on the ground per pixel at the raster's centre, or None if unknown.
+
+    Measured, not read from the CRS's units: the centre pixel's neighbours are taken to
+    longitude/latitude and their great-circle distances averaged over x and y. This is
+    right for geographic CRSs (degrees), Web Mercator (whose "metres" stretch by
+    1/cos(latitude)) and projected CRSs alike.
+    """
+    if crs is None or transform.is_identity:
+        return None
+    from rasterio.warp import transform as warp_transform
+
+    cx, cy = width / 2, height / 2
+    pts = [transform @ (cx, cy), transform @ (cx + 1, cy), transform @ (cx, cy + 1)]
+    try:
+        lon, lat = warp_transform(crs, "EPSG:4326", [p[0] for p in pts], [p[1] for p in pts])
+    except Exception:  # a CRS PROJ cannot take to lon/lat
+        return None
+
+    def dist(i: int, j: int) -> float:
+        p1, p2 = math.radians(lat[i]), math.radians(lat[j])
+        dp, dl = p2 - p1, math.radians(lon[j] - lon[i])
+        a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+        return 2 * EARTH_RADIUS * math.asin(min(1.0, math.sqrt(a)))
+
+    res = (dist(0, 1) + dist(0, 2)) / 2
+    return res if res > 0 and math.isfinite(res) else None
+
+
+GTIFF_OPTIONS = {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+                 "predictor": 2, "BIGTIFF": "IF_SAFER"}
+
+
+def output_profile(raster: MapRaster, *, width: int, height: int, transform, crs,
+                   compress: str = "deflate") -> dict:
+    """GeoTIFF creation profile for the rendered image of ``raster``."""
+    src = raster.dataset
+    nodata = src.nodata if raster.alpha_band is None else None
+    count = 4 if raster.alpha_band is not None else 3
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype="uint8",
+                   crs=crs, transform=transform, nodata=nodata, photometric="RGB")
+    profile.update(GTIFF_OPTIONS)
+    profile["compress"] = compress
+    if compress.lower() not in ("deflate", "lzw", "zstd"):
+        profile.pop("predictor")
+    if compress.lower() == "jpeg":
+        profile["photometric"] = "YCbCr" if count == 3 else "RGB"
+    if count == 4:
+        profile["alpha"] = "unassociated"
+    return profile
+
+
+def open_output(path: str | os.PathLike, profile: dict):
+    """Create a GeoTIFF for writing; a 4-band output's last band is marked alpha."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RioNotGeoreferencedWarning)
+        ds = rasterio.open(path, "w", **profile)
+    if profile["count"] == 4:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return ds
+
+
+def check_output_path(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse outputs that would lose data or cannot be written, before any work."""
+    dst_p = Path(dst)
+    if dst_p.exists() and Path(src).exists() and dst_p.resolve() == Path(src).resolve():
+        raise OutputPathError(f"output {str(dst)!r} is the input file: choose another output path")
+    if dst_p.is_dir():
+        raise OutputPathError(f"output {str(dst)!r} is a directory: give a file name such as out.tif")
+    parent = dst_p.parent if str(dst_p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(f"output folder {str(parent)!r} does not exist: create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"output folder {str(parent)!r} is not writable: choose another output path")
+    if dst_p.exists() and not overwrite:
+        raise OutputExistsError(f"output {str(dst)!r} exists: pass --overwrite to replace it")
+    return dst_p
+
+
+def _remove_with_side_files(path: Path) -> None:
+    for p in (path, Path(str(path) + ".aux.xml"), Path(str(path) + ".ovr"), Path(str(path) + ".msk")):
+        if p.exists():
+            p.unlink()
+
+
+@contextmanager
+def scratch_path(dst: str | os.PathLike, tag: str, suffix: str = ".tif"):
+    """Yield a hidden temporary path beside ``dst``, always removed on exit."""
+    dst = Path(dst)
+    tmp = dst.parent / f".{dst.name}.{tag}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    try:
+        yield tmp
+    finally:
+        _remove_with_side_files(tmp)
+
+
+@contextmanager
+def atomic_output(dst: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path beside ``dst``; rename it onto ``dst`` only on success.
+
+    On any exception (including KeyboardInterrupt) the temporary file and its GDAL
+    side files are removed and ``dst`` is left exactly as it was.
+    """
+    dst = Path(dst)
+    suffix = suffix if suffix is not None else dst.suffix
+    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+        aux = Path(str(tmp) + ".aux.xml")
+        if aux.exists():
+            os.replace(aux, Path(str(dst) + ".aux.xml"))
+    finally:
+        _remove_with_side_files(tmp)

@@ -1,0 +1,333 @@
+"""Render a georeferenced map raster into a georeferenced synthetic aerial image.
+
+The pipeline, each step in its own module:
+
+1. :mod:`raster` opens the input and checks it (bands, dtype, georeference);
+2. if the model knows its ground resolution and the input's differs, the input is
+   read through a ``WarpedVRT`` on a grid at the model's resolution (same CRS);
+3. :mod:`tiling` lays overlapping tiles over that grid; strips of rows are read
+   once, tiles cut from them, all-nodata tiles skipped;
+4. :mod:`model` runs batches of tiles; :mod:`mosaic` blends the outputs and hands
+   back finished rows, which are written at once (memory bounded by a strip);
+5. the result is warped back onto the input's grid (unless ``model_grid=True``),
+   given overviews, optionally made a COG or a PNG/JPEG, and renamed onto ``dst``.
+
+Everything is written to temporary files beside ``dst``; ``dst`` appears only when
+all of it succeeded (:func:`raster.atomic_output`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferencedWarning
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from torch import nn
+
+from .errors import OptionError, OutputPathError
+from .model import load_model, model_device, run_batch
+from .raster import (
+    MapRaster,
+    atomic_output,
+    check_output_path,
+    ground_resolution,
+    open_map_raster,
+    open_output,
+    output_profile,
+    scratch_path,
+)
+from .tiling import DEFAULT_OVERLAP, TileGrid, blend_window
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RenderResult", "render", "DEFAULT_BATCH_SIZE", "RESOLUTION_TOLERANCE"]
+
+DEFAULT_BATCH_SIZE = 8
+#: Inputs within this relative difference of the model's ground resolution are not
+#: resampled: a 5 % scale change is within the training jitter and resampling blurs.
+RESOLUTION_TOLERANCE = 0.05
+PLAIN_IMAGE_DRIVERS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+GTIFF_SUFFIXES = (".tif", ".tiff", ".gtiff")
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What :func:`render` did."""
+
+    path: Path
+    width: int
+    height: int
+    tiles_total: int  # tiles in the grid
+    tiles_rendered: int  # tiles sent to the model (the rest were all nodata)
+    resampled: bool  # the input was resampled to the model's ground resolution
+    input_resolution: float | None  # metres per pixel, None if not georeferenced
+    model_resolution: float | None
+
+
+def _check_options(tile_size: int, overlap: int, batch_size: int, model: nn.Module) -> None:
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size} must be at least 1")
+    multiple = getattr(model, "tile_multiple", 1)
+    if tile_size < 1 or tile_size % multiple:
+        raise OptionError(f"--tile-size {tile_size} must be a positive multiple of {multiple} "
+                          "(the generator halves the tile 8 times)")
+    if not 0 <= overlap < tile_size:
+        raise OptionError(f"--overlap {overlap} must be at least 0 and less than the tile size "
+                          f"{tile_size}; the default is {DEFAULT_OVERLAP}")
+
+
+def _output_kind(dst: Path, cog: bool) -> str:
+    suffix = dst.suffix.lower()
+    if suffix in GTIFF_SUFFIXES:
+        return "COG" if cog else "GTiff"
+    if suffix in PLAIN_IMAGE_DRIVERS:
+        if cog:
+            raise OptionError(f"--cog needs a .tif output, not {dst.name!r}")
+        return PLAIN_IMAGE_DRIVERS[suffix]
+    raise OutputPathError(f"output {str(dst)!r}: unknown format {suffix or '(no extension)'!r}; "
+                          "use .tif (GeoTIFF), .png, .jpg or .webp")
+
+
+def render(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    tile_size: int = 256,
+    bands: str | tuple[int, ...] | None = None,
+    model_grid: bool = False,
+    cog: bool = False,
+    compress: str = "deflate",
+    overviews: bool = True,
+) -> RenderResult:
+    """Render the map raster ``src`` into the synthetic aerial image ``dst``.
+
+    ``model`` is a :class:`~geo_pix2pix.model.Pix2PixModel` from :func:`load_model`
+    (``None``: the default model) or any ``nn.Module`` mapping (N, 3, H, W) in [-1, 1]
+    to the same shape; a plain module has no ground resolution, so nothing is
+    resampled for it. ``progress(done, total)`` is called after every batch of tiles.
+    """
+    overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    dst = check_output_path(src, dst, overwrite)
+    kind = _output_kind(dst, cog)
+    if model is None:
+        model = load_model(None, device)
+    elif device is not None:
+        from .devices import resolve_device
+
+        model = model.to(resolve_device(device))
+    model.eval()
+    _check_options(tile_size, overlap, batch_size, model)
+
+    with ExitStack() as stack:
+        raster = stack.enter_context(open_map_raster(src, bands))
+        in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
+                                   raster.width, raster.height) if raster.georeferenced else None
+        model_res = getattr(model, "ground_resolution", None)
+        grid_raster, resampled = raster, False
+        if in_res and model_res and abs(in_res / model_res - 1) > RESOLUTION_TOLERANCE:
+            grid_raster = stack.enter_context(_on_model_grid(raster, in_res / model_res))
+            resampled = True
+            log.info("resampling %s from %.3g to %.3g m/px for the model", src, in_res, model_res)
+
+        final_tmp = stack.enter_context(atomic_output(dst))
+        gtiff_tmp = stack.enter_context(scratch_path(dst, "grid"))
+        rendered = _render_to_gtiff(grid_raster, gtiff_tmp, model, tile_size, overlap,
+                                    batch_size, progress, compress)
+        if resampled and not model_grid:
+            back_tmp = stack.enter_context(scratch_path(dst, "back"))
+            _warp_back(gtiff_tmp, raster, back_tmp, compress)
+            result_tmp = back_tmp
+        else:
+            result_tmp = gtiff_tmp
+        if overviews and kind in ("GTiff",):
+            _build_overviews(result_tmp)
+        if kind == "GTiff":
+            os.replace(result_tmp, final_tmp)
+        else:
+            _copy_as(result_tmp, final_tmp, kind, compress)
+        with rasterio.open(final_tmp) as out:
+            width, height = out.width, out.height
+    grid = rendered[0]
+    return RenderResult(dst, width, height, len(grid), rendered[1], resampled, in_res, model_res)
+
+
+class _on_model_grid:
+    """Context manager: a MapRaster reading the input through a WarpedVRT whose pixel
+    size is the model's ground resolution (same CRS and extent)."""
+
+    def __init__(self, raster: MapRaster, factor: float) -> None:
+        self.raster, self.factor = raster, factor
+
+    def __enter__(self) -> MapRaster:
+        r = self.raster
+        ds = r.dataset
+        width = max(1, round(ds.width * self.factor))
+        height = max(1, round(ds.height * self.factor))
+        transform = ds.transform @ Affine.scale(ds.width / width, ds.height / height)
+        # Colour tables hold indices: interpolating them would invent colours.
+        if r.lut is not None:
+            resampling = Resampling.nearest
+        else:
+            resampling = Resampling.cubic if self.factor > 1 else Resampling.average
+        self.vrt = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width, height=height,
+                             resampling=resampling)
+        return MapRaster(self.vrt, r.path, r.bands, r.lut, r.alpha_band, r.has_mask, r.georeferenced)
+
+    def __exit__(self, *exc) -> None:
+        self.vrt.close()
+
+
+def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size: int, overlap: int,
+                     batch_size: int, progress: ProgressCallback | None, compress: str):
+    from .mosaic import StripMosaic
+
+    ds = raster.dataset
+    profile = output_profile(raster, width=raster.width, height=raster.height,
+                             transform=ds.transform, crs=ds.crs, compress=compress)
+    if not raster.georeferenced:
+        profile.pop("crs")
+        profile.pop("transform")
+    grid = TileGrid(raster.height, raster.width, tile_size, overlap)
+    mosaic = StripMosaic(raster.height, raster.width, blend_window(tile_size, overlap))
+    device = model_device(model)
+    rendered = 0
+    pending: list = []  # (chip, rgb) gathered for the next model call
+    with open_output(path, profile) as out:
+        def run_pending() -> None:
+            nonlocal rendered
+            if pending:
+                outputs = run_batch(model, np.stack([t for _, t in pending]), device)
+                for (chip, _), y in zip(pending, outputs):
+                    mosaic.add(chip, y)
+                rendered += len(pending)
+                pending.clear()
+
+        def flush(upto_tile_row: int) -> None:
+            # Rows are final once every tile touching them has been blended.
+            first, blended, _ = mosaic.pop_rows(grid.rows_done_after(upto_tile_row))
+            if blended.shape[1]:
+                _write_rows(out, raster, first, blended)
+
+        ncols = grid.shape[1]
+        for r in range(grid.shape[0]):
+            chips = grid.row(r)
+            x0, x1 = grid.col_starts[0], grid.col_starts[-1] + tile_size
+            strip, valid = raster.read(chips[0].row_off, x0, tile_size, x1 - x0)
+            for chip in chips:
+                c = chip.col_off - x0
+                if not valid[:, c : c + tile_size].any():
+                    continue  # all nodata (or outside the raster): no model call
+                pending.append((chip, strip[:, :, c : c + tile_size]))
+                if len(pending) >= batch_size:
+                    run_pending()
+            # Tile rows before the first pending tile's row are complete.
+            complete = (pending[0][0].row - 1) if pending else r
+            if complete >= 0:
+                flush(complete)
+            if progress is not None:
+                progress((r + 1) * ncols - len(pending), len(grid))
+        run_pending()
+        flush(grid.shape[0] - 1)
+        if progress is not None:
+            progress(len(grid), len(grid))
+    return grid, rendered
+
+
+def _write_rows(out, raster: MapRaster, first: int, blended: np.ndarray) -> None:
+    """Write blended rows (3, n, width) in [-1, 1] to ``out`` with the input's mask."""
+    n = blended.shape[1]
+    rgb = np.rint((blended + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    if raster.has_mask:
+        _, valid = raster.read(first, 0, n, raster.width)
+    else:
+        valid = None
+    win = Window(0, first, raster.width, n)
+    if out.count == 4:
+        alpha = np.full((1, n, raster.width), 255, np.uint8) if valid is None else (valid * 255).astype(np.uint8)[None]
+        out.write(np.concatenate([rgb, alpha]), window=win)
+        return
+    if valid is not None:
+        nodata = out.nodata
+        if nodata is not None:
+            nd = np.uint8(nodata)
+            # A real pixel that happens to equal the nodata value in every band would be
+            # read back as nodata: move it by one grey level.
+            clash = valid & (rgb == nd).all(axis=0)
+            if clash.any():
+                rgb[:, clash] = nd + 1 if nd < 255 else nd - 1
+            rgb[:, ~valid] = nd
+        else:
+            out.write_mask(valid.astype(np.uint8) * 255, window=win)
+    out.write(rgb, window=win)
+
+
+def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: str) -> None:
+    """Resample the model-grid result onto the input's own grid, strip by strip."""
+    src = raster.dataset
+    profile = output_profile(raster, width=src.width, height=src.height, transform=src.transform,
+                             crs=src.crs, compress=compress)
+    with rasterio.open(model_grid_path) as rendered, WarpedVRT(
+        rendered, crs=src.crs, transform=src.transform, width=src.width, height=src.height,
+        resampling=Resampling.cubic,
+    ) as vrt, open_output(path, profile) as out:
+        step = 512
+        for y in range(0, src.height, step):
+            n = min(step, src.height - y)
+            rgb = vrt.read((1, 2, 3), window=Window(0, y, src.width, n))
+            _write_rows(out, raster, y, rgb.astype(np.float32) / 127.5 - 1.0)
+
+
+def _build_overviews(path: Path) -> None:
+    with rasterio.open(path, "r+") as ds:
+        factors, f = [], 2
+        while math.ceil(max(ds.width, ds.height) / f) >= 256 or (not factors and max(ds.width, ds.height) > 256):
+            factors.append(f)
+            f *= 2
+            if f > 2**16:
+                break
+        if factors:
+            ds.build_overviews(factors, Resampling.average)
+            ds.update_tags(ns="rio_overview", resampling="average")
+
+
+def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None:
+    options: dict = {}
+    if driver == "COG":
+        options = {"compress": compress, "overview_resampling": "average", "blocksize": 512,
+                   "BIGTIFF": "IF_SAFER"}
+    elif driver == "JPEG":
+        options = {"quality": 90}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RioNotGeoreferencedWarning)
+        with rasterio.open(src_path) as ds:
+            if driver in ("JPEG",) and ds.count == 4:
+                raise OutputPathError(f"{dst_path.name}: JPEG has no alpha; the input has transparency: "
+                                      "write .png or .tif instead")
+            has_georef = ds.crs is not None
+        rasterio.shutil.copy(src_path, dst_path, driver=driver, **options)
+    if not has_georef:
+        aux = Path(str(dst_path) + ".aux.xml")
+        aux.unlink(missing_ok=True)
+

@@ -1,0 +1,304 @@
+"""Training: the pix2pix recipe (conditional GAN loss + λ·L1, Adam 2e-4, β1 0.5).
+
+One training step, as in the paper and the reference code:
+
+1. D step: minimise BCE(D(map, real), 1) + BCE(D(map, G(map)), 0), halved
+   ("we divide the objective by 2 while optimizing D").
+2. G step: minimise BCE(D(map, G(map)), 1) + λ · |G(map) − real|₁ with λ = 100.
+
+Learning rate: constant for ``steps - decay_steps`` steps, then linearly to zero over
+``decay_steps`` (the reference code's ``n_epochs``/``n_epochs_decay``, in steps).
+
+Everything a resumed run needs to continue exactly is in the checkpoint: both
+networks, both optimisers, the step, the data sampler's RNG and torch's global RNG
+(dropout). Metrics go to ``metrics.jsonl`` in the run folder, sample grids
+(map | generated | real) to ``samples/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import load_checkpoint, save_checkpoint
+from .data import Jitter, JitteredPairs, PairSource, fixed_pairs, split_names, to_uint8
+from .devices import autocast, resolve_device
+from .errors import CheckpointError, OptionError
+from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "Trainer", "train"]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200_000  # total optimisation steps, decay included
+    decay_steps: int = 0  # last N steps: learning rate decays linearly to 0
+    batch_size: int = 1  # the paper uses 1 for maps
+    lr: float = 2e-4
+    beta1: float = 0.5
+    l1_weight: float = 100.0  # λ in the paper
+    load_size: tuple[int, int] = (286, 286)  # jitter: resize to a size in this range
+    crop_size: int = 256
+    flip: bool = True
+    val_fraction: float = 0.1  # held out by file-name hash (see data.split_names)
+    seed: int = 0
+    checkpoint_every: int = 1000  # steps
+    checkpoint_minutes: float = 5.0  # and at least this often in wall time
+    sample_every: int = 1000
+    log_every: int = 50
+    val_every: int = 1000
+    val_tiles: int = 48  # validation tiles scored at each val_every
+    ground_resolution: float | None = None  # metres per pixel of the crops, if known
+    amp: bool = True  # float16 autocast on CUDA only
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    wall_seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the networks, optimisers and data of one run folder."""
+
+    def __init__(
+        self,
+        source: PairSource,
+        out_dir: str | Path,
+        config: TrainConfig,
+        generator_config: GeneratorConfig | None = None,
+        discriminator_config: DiscriminatorConfig | None = None,
+        device: str | None = None,
+        provenance: dict | None = None,
+    ) -> None:
+        if config.batch_size < 1:
+            raise OptionError(f"batch size {config.batch_size} must be at least 1")
+        if not 0 <= config.val_fraction < 1:
+            raise OptionError(f"--val-fraction {config.val_fraction} must be in [0, 1)")
+        self.config = config
+        self.out = Path(out_dir)
+        self.device = resolve_device(device)
+        self.source = source
+        train_idx, val_idx = split_names(source.names, config.val_fraction)
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.data = JitteredPairs(source, train_idx,
+                                  Jitter(config.load_size, config.crop_size, config.flip),
+                                  seed=config.seed)
+        torch.manual_seed(config.seed)
+        self.G = Generator(generator_config or GeneratorConfig()).to(self.device)
+        self.D = Discriminator(discriminator_config or DiscriminatorConfig()).to(self.device)
+        betas = (config.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and self.device.type == "cuda")
+        self.bce = nn.BCEWithLogitsLoss()
+        self.state = TrainState()
+        self.provenance = dict(provenance or {})
+
+    # -- learning rate ---------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        start = c.steps - c.decay_steps
+        if c.decay_steps <= 0 or step < start:
+            return c.lr
+        return c.lr * max(0.0, 1.0 - (step - start) / c.decay_steps)
+
+    # -- one step ---------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        c = self.config
+        self.G.train()
+        self.D.train()
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = self.lr_at(self.state.step)
+        map_, real = (t.to(self.device, non_blocking=True) for t in self.data.sample(c.batch_size))
+
+        with autocast(self.device, c.amp):
+            fake = self.G(map_)
+            # D: real pairs → 1, generated pairs → 0; the objective is halved as in the paper.
+            pred_fake = self.D(map_, fake.detach())
+            pred_real = self.D(map_, real)
+            loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
+                            + self.bce(pred_real, torch.ones_like(pred_real)))
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+
+        with autocast(self.device, c.amp):
+            pred_fake = self.D(map_, fake)
+            loss_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
+            loss_l1 = (fake.float() - real).abs().mean()
+            loss_g = loss_gan + c.l1_weight * loss_l1
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.state.step += 1
+        return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_g_l1": loss_l1.item()}
+
+    # -- checkpoints ------------------------------------------------------------------
+    def training_state(self) -> dict:
+        return {
+            "step": self.state.step,
+            "wall_seconds": self.state.wall_seconds,
+            "optimizer_g": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data_rng": self.data.rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": json.dumps(asdict(self.config)),
+        }
+
+    def provenance_now(self) -> dict:
+        p = dict(self.provenance)
+        p.update(
+            steps=self.state.step,
+            samples_seen=self.state.step * self.config.batch_size,
+            wall_seconds=round(self.state.wall_seconds, 1),
+            recipe=json.dumps({k: v for k, v in asdict(self.config).items()
+                               if k in ("batch_size", "lr", "beta1", "l1_weight", "load_size",
+                                        "crop_size", "flip", "steps", "decay_steps", "seed")}),
+            train_tiles=len(self.train_idx),
+            val_tiles=len(self.val_idx),
+            val_fraction=self.config.val_fraction,
+        )
+        return p
+
+    def save(self, path: Path, *, full: bool = True) -> None:
+        save_checkpoint(
+            path, self.G, discriminator=self.D,
+            ground_resolution=self.config.ground_resolution,
+            provenance=self.provenance_now(),
+            training=self.training_state() if full else None,
+        )
+
+    def resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.generator_config != self.G.config:
+            raise CheckpointError(
+                f"--resume {str(path)!r}: its generator is {ckpt.generator_config} but this run "
+                f"builds {self.G.config}: pass the same --width/--norm or start a new run"
+            )
+        self.G.load_state_dict(ckpt.build_generator().state_dict())
+        d = ckpt.build_discriminator()
+        if d is None or d.config != self.D.config:
+            raise CheckpointError(
+                f"--resume {str(path)!r} has no discriminator matching {self.D.config}: "
+                "resume from a checkpoint written by geo-pix2pix train"
+            )
+        self.D.load_state_dict(d.state_dict())
+        t = ckpt.training
+        if t is None:  # a slim checkpoint (e.g. the shipped default model): weights only
+            log.warning("%s holds no optimiser state: Adam restarts from zero moments", path)
+            self.state.step = int(ckpt.provenance.get("steps", 0))
+            self.state.wall_seconds = float(ckpt.provenance.get("wall_seconds", 0.0))
+            return
+        self.opt_g.load_state_dict(t["optimizer_g"])
+        self.opt_d.load_state_dict(t["optimizer_d"])
+        self.scaler.load_state_dict(t["scaler"])
+        self.data.rng.set_state(t["data_rng"])
+        torch.set_rng_state(t["torch_rng"])
+        self.state.step = int(t["step"])
+        self.state.wall_seconds = float(t["wall_seconds"])
+
+    # -- looking at progress ----------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if not self.val_idx:
+            return {}
+        from .metrics import sharpness
+
+        self.G.eval()
+        maps, reals = fixed_pairs(self.source, self.val_idx[: self.config.val_tiles], self.config.crop_size)
+        fakes = torch.cat([self.G(maps[i : i + 8].to(self.device)).float().cpu()
+                           for i in range(0, len(maps), 8)])
+        l1 = ((fakes - reals).abs().mean() / 2).item()  # on a 0–1 scale
+        sharp = sharpness(fakes) / max(sharpness(reals), 1e-8)
+        return {"val_l1": round(l1, 5), "val_sharpness_ratio": round(sharp, 4)}
+
+    @torch.no_grad()
+    def save_samples(self, n: int = 4) -> Path | None:
+        from PIL import Image
+
+        idx = self.val_idx[:n] or self.train_idx[:n]
+        maps, reals = fixed_pairs(self.source, idx, self.config.crop_size)
+        self.G.eval()
+        fakes = self.G(maps.to(self.device)).float().cpu()
+        rows = [np.concatenate([to_uint8(m), to_uint8(f), to_uint8(r)], axis=1)
+                for m, f, r in zip(maps, fakes, reals)]
+        path = self.out / "samples" / f"step{self.state.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+        return path
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self, progress: Callable[[int, dict], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Path:
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        last = self.out / "last.pt"
+        metrics = (self.out / "metrics.jsonl").open("a")
+        t_ckpt = time.monotonic()
+        t_log, step_log = time.monotonic(), self.state.step
+        running: dict[str, float] = {}
+        try:
+            while self.state.step < c.steps:
+                if should_stop is not None and should_stop():
+                    break
+                t0 = time.monotonic()
+                losses = self.step()
+                self.state.wall_seconds += time.monotonic() - t0
+                for k, v in losses.items():
+                    running[k] = running.get(k, 0.0) + v
+                s = self.state.step
+                if s % c.log_every == 0 or s == c.steps:
+                    n = s - step_log
+                    rate = n / max(time.monotonic() - t_log, 1e-9)
+                    rec = {"step": s, **{k: round(v / n, 5) for k, v in running.items()},
+                           "lr": self.lr_at(s), "steps_per_s": round(rate, 3),
+                           "wall_seconds": round(self.state.wall_seconds, 1)}
+                    if c.val_every and s % c.val_every == 0:
+                        rec.update(self.validate())
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+                    if progress is not None:
+                        progress(s, rec)
+                    running, t_log, step_log = {}, time.monotonic(), s
+                if c.sample_every and s % c.sample_every == 0:
+                    self.save_samples()
+                if (s % c.checkpoint_every == 0
+                        or time.monotonic() - t_ckpt > 60 * c.checkpoint_minutes):
+                    self.save(last)
+                    t_ckpt = time.monotonic()
+        finally:
+            metrics.close()
+            self.save(last)  # also on Ctrl-C: the run resumes from here
+        final = self.out / "model.pt"
+        self.save(final, full=False)
+        return final
+
+
+def train(source: PairSource, out_dir: str | Path, config: TrainConfig | None = None, *,
+          generator_config: GeneratorConfig | None = None,
+          discriminator_config: DiscriminatorConfig | None = None,
+          device: str | None = None, resume: str | Path | None = None,
+          provenance: dict | None = None,
+          progress: Callable[[int, dict], None] | None = None) -> Path:
+    """Train (or continue training) a model; returns the path of the final checkpoint."""
+    trainer = Trainer(source, out_dir, config or TrainConfig(), generator_config,
+                      discriminator_config, device, provenance)
+    if resume is not None:
+        trainer.resume(resume)
+    return trainer.fit(progress)
+
