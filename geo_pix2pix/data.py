@@ -94,6 +94,15 @@ class PairSource:
             self._cache[index] = self._load(index)
         return self._cache[index]
 
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pair at ``index``, decoded without keeping it in the cache.
+
+        For one pass over a large set (evaluation, fitting baselines), where caching
+        every decoded pair would hold the whole dataset in memory.
+        """
+        cached = self._cache.get(index)
+        return cached if cached is not None else self._load(index)
+
 
 class SideBySideFolder(PairSource):
     """pix2pix-style folder: each image is ``A | B`` side by side, of width 2·H."""
@@ -148,7 +157,7 @@ class TwoFolders(PairSource):
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) → float (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

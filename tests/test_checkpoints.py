@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import geo_pix2pix
+from geo_pix2pix.checkpoints import export_checkpoint, load_checkpoint, save_checkpoint
+from geo_pix2pix.errors import CheckpointError
+from geo_pix2pix.networks import Discriminator, Generator
+
+
+@pytest.fixture
+def small_pair():
+    torch.manual_seed(0)
+    return Generator(base_width=4, norm="instance"), Discriminator(base_width=4, norm="instance")
+
+
+def test_round_trip_restores_config_weights_and_facts(tmp_path, small_pair):
+    g, d = small_pair
+    path = save_checkpoint(tmp_path / "m.pt", g, discriminator=d, ground_resolution=2.5,
+                           provenance={"steps": 10, "data": "synthetic"})
+    raw = torch.load(path, weights_only=True)  # loadable without unpickling code
+    assert raw["format"] == "geo-pix2pix-checkpoint"
+    ckpt = load_checkpoint(path)
+    assert ckpt.generator_config == g.config
+    assert ckpt.ground_resolution == 2.5
+    assert ckpt.provenance["data"] == "synthetic"
+    g2 = ckpt.build_generator()
+    for (k, a), (_, b) in zip(g.state_dict().items(), g2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert ckpt.build_discriminator().config == d.config
+
+
+def test_load_model_rebuilds_and_runs(tmp_path, small_pair):
+    g, _ = small_pair
+    path = save_checkpoint(tmp_path / "m.pt", g, ground_resolution=1.0)
+    model = geo_pix2pix.load_model(path, device="cpu")
+    assert model.ground_resolution == 1.0
+    assert model.tile_multiple == 256
+    assert len(model.identity) == 64
+    x = torch.zeros(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(model(x), g.eval()(x))
+
+
+def test_half_export_is_smaller_and_close(tmp_path, small_pair):
+    g, d = small_pair
+    full = save_checkpoint(tmp_path / "full.pt", g, discriminator=d)
+    slim = export_checkpoint(full, tmp_path / "slim.pt", ground_resolution=3.0)
+    assert slim.stat().st_size < 0.7 * full.stat().st_size
+    ckpt = load_checkpoint(slim)
+    assert ckpt.ground_resolution == 3.0
+    g2 = ckpt.build_generator()
+    for a, b in zip(g.parameters(), g2.parameters()):
+        assert a.dtype == b.dtype == torch.float32
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_shipped_default_model_loads():
+    model = geo_pix2pix.load_model()
+    assert model.ground_resolution and 0.5 < model.ground_resolution < 5
+    assert model.generator.config.norm == "instance"
+    assert model.checkpoint.path.endswith("default.pt")
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "not a readable"),
+        (b"this is not a checkpoint at all", "not a readable"),
+    ],
+)
+def test_garbage_files_are_clear_errors(tmp_path, content, match):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(p)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path, small_pair):
+    path = save_checkpoint(tmp_path / "m.pt", small_pair[0])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        load_checkpoint(path)
+
+
+def test_bare_state_dict_is_foreign(tmp_path, small_pair):
+    p = tmp_path / "bare.pt"
+    torch.save(small_pair[0].state_dict(), p)
+    with pytest.raises(CheckpointError, match="not a geo-pix2pix checkpoint"):
+        load_checkpoint(p)
+
+
+def test_other_architecture_is_a_clear_error(tmp_path, small_pair):
+    path = save_checkpoint(tmp_path / "m.pt", small_pair[0])
+    raw = torch.load(path, weights_only=True)
+    raw["generator"]["config"]["base_width"] = 8  # claims another width than its weights
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        geo_pix2pix.load_model(path)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_newer_format_is_refused(tmp_path, small_pair):
+    path = save_checkpoint(tmp_path / "m.pt", small_pair[0])
+    raw = torch.load(path, weights_only=True)
+    raw["format_version"] = 99
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="upgrade"):
+        load_checkpoint(path)

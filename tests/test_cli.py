@@ -1,0 +1,91 @@
+"""The command line, driven through click's runner; outputs opened with rasterio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+from geo_pix2pix.checkpoints import save_checkpoint
+from geo_pix2pix.cli import main
+from geo_pix2pix.networks import Generator
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "tiny.pt", Generator(base_width=4, norm="instance"),
+                           ground_resolution=2.0)
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_render_writes_a_georeferenced_tiled_geotiff_with_overviews(make_raster, tmp_path, weights):
+    data = np.random.default_rng(0).integers(1, 256, (3, 600, 500), dtype=np.uint8)
+    data[:, :50, :50] = 0
+    src = make_raster(600, 500, crs="EPSG:32635", data=data, nodata=0, res=2.0)
+    dst = tmp_path / "out.tif"
+    result = run("render", src, dst, "--weights", weights, "--batch-size", 3)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    with rasterio.open(src) as a, rasterio.open(dst) as b:
+        assert b.crs == a.crs and b.transform == a.transform
+        assert b.dtypes == ("uint8",) * 3 and b.count == 3
+        assert b.nodata == 0
+        assert b.overviews(1) == [2]
+        assert b.profile["tiled"] and b.profile["blockxsize"] == 256
+        assert b.compression.name.lower() == "deflate"
+        out = b.read()
+        assert (out[:, :50, :50] == 0).all()  # nodata kept
+        assert (out.reshape(3, -1).max(axis=0)[data.reshape(3, -1).max(axis=0) > 0] > 0).all()
+
+
+def test_render_refuses_existing_output_and_keeps_it(make_raster, tmp_path, weights):
+    src = make_raster(40, 40)
+    dst = tmp_path / "out.tif"
+    dst.write_bytes(b"keep me")
+    result = run("render", src, dst, "--weights", weights)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: output {str(dst)!r} exists: pass --overwrite to replace it"]
+    assert dst.read_bytes() == b"keep me"
+    assert run("render", src, dst, "--weights", weights, "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--batch-size", "-3"], "--batch-size -3 must be at least 1"),
+        (["--overlap", "256"], "--overlap 256 must be at least 0 and less than the tile size"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "device"),
+    ],
+)
+def test_bad_options_are_one_line_errors(make_raster, tmp_path, weights, args, message):
+    src = make_raster(40, 40)
+    dst = tmp_path / "out.tif"
+    result = run("render", src, dst, "--weights", weights, *args)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_missing_input_and_bad_weights(tmp_path, make_raster):
+    result = run("render", tmp_path / "nope.tif", tmp_path / "out.tif")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    result = run("render", make_raster(20, 20), tmp_path / "out.tif", "--weights", bad)
+    assert result.exit_code == 1 and "not a readable geo-pix2pix checkpoint" in result.output
+
+
+def test_version_and_help():
+    assert "geo-pix2pix" in run("--version").output
+    out = run("render", "--help").output
+    assert "--overlap" in out and "--cog" in out

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geo_pix2pix.checkpoints import load_checkpoint
+from geo_pix2pix.data import SideBySideFolder, TwoFolders, split_names
+from geo_pix2pix.errors import CheckpointError, DatasetError
+from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
+from geo_pix2pix.train import TrainConfig, Trainer
+
+TINY_G = GeneratorConfig(base_width=4, norm="instance")
+TINY_D = DiscriminatorConfig(base_width=4, norm="instance")
+
+
+def make_pairs(folder, n=6, size=64, side_by_side=True):
+    """Synthetic pairs: the 'aerial' is a darker, noisier copy of the 'map'."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        m = np.kron(rng.integers(0, 256, (size // 8, size // 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+        a = (m * 0.6 + rng.integers(0, 40, m.shape)).astype(np.uint8)
+        if side_by_side:
+            Image.fromarray(np.concatenate([a, m], axis=1)).save(folder / f"{i}.png")
+        else:
+            (folder / "map").mkdir(exist_ok=True)
+            (folder / "aerial").mkdir(exist_ok=True)
+            Image.fromarray(m).save(folder / "map" / f"t{i}.png")
+            Image.fromarray(a).save(folder / "aerial" / f"t{i}.png")
+    return folder
+
+
+def config(**kw):
+    base = dict(steps=4, batch_size=2, load_size=(272, 288), crop_size=256, val_fraction=0.0,
+                checkpoint_every=1000, sample_every=0, log_every=2, val_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_side_by_side_direction(tmp_path):
+    make_pairs(tmp_path / "d", n=2)
+    src = SideBySideFolder(tmp_path / "d", "BtoA")
+    m, a = src[0]
+    assert m.shape == a.shape == (64, 64, 3)
+    assert m.mean() > a.mean()  # the map (right half) is the brighter one
+    m2, a2 = SideBySideFolder(tmp_path / "d", "AtoB")[0]
+    assert np.array_equal(m2, a) and np.array_equal(a2, m)
+
+
+def test_train_writes_checkpoints_metrics_and_resumes_exactly(tmp_path):
+    data = make_pairs(tmp_path / "d")
+    src = SideBySideFolder(data)
+
+    straight = Trainer(src, tmp_path / "a", config(steps=4), TINY_G, TINY_D)
+    straight.fit()
+
+    first = Trainer(src, tmp_path / "b", config(steps=2), TINY_G, TINY_D)
+    first.fit()
+    second = Trainer(src, tmp_path / "b", config(steps=4), TINY_G, TINY_D)
+    second.resume(tmp_path / "b" / "last.pt")
+    assert second.state.step == 2
+    second.fit()
+
+    for (k, x), (_, y) in zip(straight.G.state_dict().items(), second.G.state_dict().items()):
+        assert torch.equal(x, y), k
+    final = load_checkpoint(tmp_path / "b" / "model.pt")
+    assert final.training is None and final.provenance["steps"] == 4
+    lines = [json.loads(s) for s in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    assert {"loss_d", "loss_g_gan", "loss_g_l1", "steps_per_s"} <= lines[0].keys()
+
+
+def test_two_folders_samples_and_validation(tmp_path):
+    data = make_pairs(tmp_path / "d", n=8, side_by_side=False)
+    src = TwoFolders(data / "map", data / "aerial")
+    t = Trainer(src, tmp_path / "run", config(steps=2, val_fraction=0.5, val_every=2, sample_every=2),
+                TINY_G, TINY_D)
+    assert t.val_idx and t.train_idx
+    t.fit()
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= rec["val_l1"] <= 1
+    grid = Image.open(next((tmp_path / "run" / "samples").glob("*.png")))
+    assert grid.size == (3 * 256, 256 * min(4, len(t.val_idx)))
+
+
+def test_learning_rate_decays_linearly():
+    t = Trainer.__new__(Trainer)
+    t.config = TrainConfig(steps=100, decay_steps=50, lr=2e-4)
+    assert t.lr_at(0) == t.lr_at(49) == 2e-4
+    assert t.lr_at(75) == pytest.approx(1e-4)
+    assert t.lr_at(100) == 0
+
+
+def test_split_is_stable_and_disjoint():
+    names = [f"{i}.jpg" for i in range(1000)]
+    tr, va = split_names(names, 0.1)
+    assert not set(tr) & set(va) and len(tr) + len(va) == 1000
+    assert 60 < len(va) < 140
+    tr2, va2 = split_names(list(reversed(names)), 0.1)
+    assert sorted(names[i] for i in va) == sorted(list(reversed(names))[i] for i in va2)
+
+
+def test_dataset_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        SideBySideFolder(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="does not exist"):
+        SideBySideFolder(tmp_path / "missing")
+    data = make_pairs(tmp_path / "d", n=3, side_by_side=False)
+    (data / "aerial" / "t0.png").rename(data / "aerial" / "other.png")
+    with pytest.raises(DatasetError, match="unpaired"):
+        TwoFolders(data / "map", data / "aerial")
+
+
+def test_resume_from_foreign_or_mismatched_checkpoint(tmp_path):
+    data = make_pairs(tmp_path / "d")
+    src = SideBySideFolder(data)
+    t = Trainer(src, tmp_path / "a", config(steps=1), TINY_G, TINY_D)
+    t.fit()
+    other = Trainer(src, tmp_path / "b", config(steps=1), GeneratorConfig(base_width=8, norm="instance"), TINY_D)
+    with pytest.raises(CheckpointError, match="same --width"):
+        other.resume(tmp_path / "a" / "last.pt")
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("nope")
+    with pytest.raises(CheckpointError):
+        t.resume(bogus)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        t.resume(tmp_path / "missing.pt")
