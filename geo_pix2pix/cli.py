@@ -131,6 +131,22 @@ def render(ctx, src, dst, weights, device, batch_size, overlap, overwrite, bands
                    f"{result.tiles_rendered}/{result.tiles_total} tiles rendered{note})", err=True)
 
 
+def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
+    """The paired map/aerial data named by --layout (shared by train and evaluate)."""
+    from .data import SideBySideFolder, TwoFolders
+    from .errors import OptionError
+
+    if layout == "side-by-side":
+        return SideBySideFolder(data, direction)
+    if layout == "folders":
+        return TwoFolders(Path(data) / "map", Path(data) / "aerial")
+    if aerial is None:
+        raise OptionError("--layout rasters needs --aerial AERIAL_RASTER beside the map raster DATA")
+    from .georef_pairs import RasterPairs
+
+    return RasterPairs(data, aerial)
+
+
 @main.command()
 @click.argument("data", type=click.Path())
 @click.argument("out_dir", type=click.Path(file_okay=False))
@@ -166,7 +182,6 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
           norm, load_size, lr, l1_weight, val_fraction, ground_resolution, checkpoint_every, seed,
           resume, device):
     """Train a pix2pix model on paired map/aerial data; checkpoints go to OUT_DIR."""
-    from .data import SideBySideFolder, TwoFolders
     from .errors import OptionError
     from .networks import DiscriminatorConfig, GeneratorConfig
     from .train import TrainConfig, Trainer
@@ -176,18 +191,9 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
         sizes = (int(lo), int(hi or lo))
     except ValueError:
         raise OptionError(f"--load-size {load_size!r} must be N or LOW-HIGH, e.g. 286 or 256-300") from None
-    if layout == "side-by-side":
-        source = SideBySideFolder(data, direction)
-    elif layout == "folders":
-        source = TwoFolders(Path(data) / "map", Path(data) / "aerial")
-    else:
-        if aerial is None:
-            raise OptionError("--layout rasters needs --aerial AERIAL_RASTER beside the map raster DATA")
-        from .georef_pairs import RasterPairs
-
-        source = RasterPairs(data, aerial)
-        if ground_resolution is None:
-            ground_resolution = source.ground_resolution
+    source = _pair_source(layout, data, direction, aerial)
+    if ground_resolution is None:
+        ground_resolution = getattr(source, "ground_resolution", None)
     cfg = TrainConfig(steps=steps, decay_steps=decay_steps, batch_size=batch_size, lr=lr,
                       l1_weight=l1_weight, load_size=sizes, val_fraction=val_fraction, seed=seed,
                       checkpoint_every=checkpoint_every, ground_resolution=ground_resolution)
@@ -207,6 +213,179 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
 
         final = trainer.fit(progress)
     click.echo(f"wrote {final} (step {trainer.state.step})", err=True)
+
+
+def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
+    from .errors import OutputExistsError, OutputPathError
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+        raise OutputPathError(f"output folder {str(p.parent)!r} does not exist: create it first")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"output {str(p)!r} exists: pass --overwrite to replace it")
+    return p
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--layout", type=click.Choice(["side-by-side", "folders", "rasters"]), default="side-by-side",
+              show_default=True,
+              help="As for train: side-by-side, folders (DATA/map, DATA/aerial) or rasters.")
+@click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="BtoA", show_default=True,
+              help="side-by-side only: BtoA = right half is the map (the pix2pix maps dataset).")
+@click.option("--aerial", type=click.Path(), default=None, help="rasters layout: the aerial raster.")
+@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
+              help="Tiles scored; val is the split the trainer holds out at the same --val-fraction.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--limit", type=int, default=None, help="Score only the first N tiles of the split.")
+@weights_opt
+@device_opt
+@overlap_opt
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the figures to this JSON file.")
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG grid: map | palette baseline | model | real, one tile a row.")
+@click.option("--grid-tiles", type=int, default=8, show_default=True, help="Rows of the --grid image.")
+@overwrite_opt
+@click.pass_context
+def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, weights, device, overlap,
+             json_path, grid_path, grid_tiles, overwrite):
+    """Score a model on paired tiles in DATA against real aerials and two baselines.
+
+    Prints L1, PSNR, SSIM, colour-histogram distance and sharpness ratio for the model,
+    a palette-lookup baseline and a mean-colour baseline (both fitted on the training
+    split).
+    """
+    import json
+
+    from .errors import OptionError
+    from .evaluate import evaluate as evaluate_fn
+    from .evaluate import format_table
+    from .model import load_model
+    from .tiling import DEFAULT_OVERLAP
+
+    json_file, grid_file = _check_new_file(json_path, overwrite), _check_new_file(grid_path, overwrite)
+    if grid_file is not None and grid_tiles < 1:
+        raise OptionError(f"--grid-tiles {grid_tiles} must be at least 1 to write --grid {grid_path}")
+    source = _pair_source(layout, data, direction, aerial)
+    model = load_model(weights, device)
+    bar, update = _progress_bar(ctx, "evaluate")
+    with bar:
+        result = evaluate_fn(source, model, split=split, val_fraction=val_fraction, limit=limit,
+                             overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+                             grid_tiles=grid_tiles if grid_file else 0, progress=update)
+    click.echo(format_table(result))
+    if json_file is not None:
+        record = result.to_dict()
+        record["data"] = str(data)
+        record["model"] = {"weights": str(weights) if weights else "default",
+                           "identity": model.identity, "steps": model.provenance.get("steps"),
+                           "ground_resolution": model.ground_resolution}
+        json_file.write_text(json.dumps(record, indent=2) + "\n")
+    if grid_file is not None and result.grid is not None:
+        from PIL import Image
+
+        Image.fromarray(result.grid).save(grid_file)
+    for p in (json_file, grid_file):
+        if p is not None and not ctx.meta.get("quiet"):
+            click.echo(f"wrote {p}", err=True)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("dest", type=click.Path())
+@click.option("--zoom", "-z", required=True, help="Zoom or zoom range to make, e.g. 14-17.")
+@click.option("--bbox", default=None, help="Area as W,S,E,N in degrees [default: SOURCE's extent].")
+@click.option("--aoi", type=click.Path(dir_okay=False), default=None,
+              help="Area as GeoJSON polygons (lon/lat).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp"]), default="png", show_default=True)
+@click.option("--quality", type=int, default=85, show_default=True, help="JPEG/WebP quality.")
+@click.option("--meta-size", type=int, default=8, show_default=True,
+              help="Metatile side in tiles: tiles rendered per job (MapProxy meta_size).")
+@click.option("--buffer", type=int, default=32, show_default=True,
+              help="Pixels of rendered context around every tile border (model chips overlap by twice this).")
+@click.option("--render-zoom", type=int, default=None,
+              help="Run the model at this zoom [default: the zoom matching its ground resolution].")
+@click.option("--workers", "-j", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--expire", type=click.Path(dir_okay=False), default=None,
+              help="File of changed source tiles, z/x/y per line (osm2pgsql/render_expired).")
+@click.option("--force", is_flag=True, help="Regenerate every tile, changed or not.")
+@click.option("--no-model", is_flag=True, help="Copy the source's pixels: cut map tiles, no model.")
+@click.option("--bands", type=str, default=None, help="Raster SOURCE: bands to read as R,G,B.")
+@click.option("--name", default=None, help="Tile set name in the metadata [default: DEST's name].")
+@click.option("--attribution", default=None, help="Attribution in the metadata.")
+@weights_opt
+@device_opt
+@click.option("--overwrite", is_flag=True,
+              help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced).")
+@click.pass_context
+def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
+          force, no_model, bands, name, attribution, weights, device, overwrite):
+    """Make or update an XYZ tile cache DEST of synthetic aerial imagery from map tiles SOURCE.
+
+    SOURCE: an XYZ folder ({z}/{x}/{y}.png), an .mbtiles file, a georeferenced raster in any
+    CRS, or a URL template such as http://host/{z}/{x}/{y}.png. DEST: a folder (XYZ), an
+    .mbtiles file or a .pmtiles archive. Reruns regenerate only tiles whose inputs changed.
+    """
+    from .errors import OptionError
+    from .tiles import Area, CopyModel, make_tiles
+
+    if bbox and aoi:
+        raise OptionError("give --bbox or --aoi, not both")
+    area = Area.from_bbox(bbox) if bbox else Area.from_geojson(aoi) if aoi else None
+    if no_model and weights:
+        raise OptionError("--no-model copies the source's pixels: drop --weights, or drop --no-model")
+    model = CopyModel() if no_model else weights
+    bar, update = _progress_bar(ctx, "tiles")
+    with bar:
+        result = make_tiles(source, dest, zooms=zoom, area=area, model=model, fmt=fmt, quality=quality,
+                            meta_size=meta_size, buffer=buffer, render_zoom=render_zoom, workers=workers,
+                            expire=expire, force=force, overwrite=overwrite,
+                            device=None if device == "auto" else device, bands=bands, name=name,
+                            attribution=attribution, progress=update)
+    for tile, reason in result.failures:
+        click.echo(f"failed {tile}: {reason}", err=True)
+    if not ctx.meta.get("quiet"):
+        click.echo(f"{result.dest}: {result.summary()}", err=True)
+    if result.failed:
+        ctx.exit(3)  # some tiles failed: the rest are written; a rerun retries them
+
+
+@main.command("osm-map")
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--bbox", default=None,
+              help="Area as W,S,E,N in degrees [default: the extent of SRC's roads and buildings].")
+@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Ground metres per pixel [default: the default model's, 2.12].")
+@overwrite_opt
+@click.pass_context
+def osm_map(ctx, src, dst, bbox, resolution, overwrite):
+    """Draw OpenStreetMap data SRC (.osm.pbf) as a map raster DST (GeoTIFF, EPSG:3857) to render.
+
+    Roads, buildings, parks, water and railways are drawn in the colours and road widths of
+    the default model's training maps. Needs the osm extra: pip install "geo-pix2pix[osm]".
+    """
+    from .osm import DEFAULT_RESOLUTION, parse_bbox
+    from .osm import osm_map as draw_osm_map
+
+    logging.getLogger("pyrosm").setLevel(logging.WARNING)  # it logs every call at INFO
+    if resolution is None:  # the default model's, read from its checkpoint
+        from .checkpoints import load_checkpoint
+        from .model import default_model_path
+
+        model_path = default_model_path()
+        resolution = load_checkpoint(model_path).ground_resolution if model_path.exists() else None
+        resolution = resolution or DEFAULT_RESOLUTION
+    bar, update = _progress_bar(ctx, "osm-map", unit="block")
+    with bar:
+        result = draw_osm_map(src, dst, bbox=parse_bbox(bbox), resolution=resolution, overwrite=overwrite,
+                              progress=update)
+    if not ctx.meta.get("quiet"):
+        click.echo(f"wrote {result.path} ({result.width}×{result.height} px at {result.resolution:g} m/px, "
+                   f"{result.features} OSM features)", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

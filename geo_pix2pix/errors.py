@@ -11,11 +11,14 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DatasetError",
+    "DestinationBusyError",
     "DeviceError",
     "GeoPix2PixError",
     "InputRasterError",
+    "MissingDependencyError",
     "NotGeoreferencedWarning",
     "OptionError",
+    "OsmDataError",
     "OutputExistsError",
     "OutputPathError",
     "ResolutionWarning",
@@ -43,6 +46,10 @@ class OutputExistsError(OutputPathError, FileExistsError):
     """The output exists and ``overwrite`` was not given."""
 
 
+class DestinationBusyError(OutputPathError):
+    """Another process is writing the same tile cache (its lock is held)."""
+
+
 class CheckpointError(GeoPix2PixError, ValueError):
     """A weights file is corrupt, truncated, foreign, or of another architecture."""
 
@@ -57,6 +64,14 @@ class DatasetError(GeoPix2PixError, ValueError):
 
 class TileSourceError(GeoPix2PixError, OSError):
     """An XYZ/MBTiles/PMTiles source or destination cannot be used."""
+
+
+class MissingDependencyError(GeoPix2PixError, ImportError):
+    """An optional dependency (an extra such as ``geo-pix2pix[osm]``) is not installed."""
+
+
+class OsmDataError(GeoPix2PixError, OSError):
+    """An OpenStreetMap file is missing or unreadable, or has nothing to draw in the area."""
 
 
 class NotGeoreferencedWarning(UserWarning):

@@ -18,7 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_unit", "grey", "histogram_distance", "l1", "psnr", "sharpness", "ssim"]
+__all__ = [
+    "as_unit",
+    "colour_histogram",
+    "grey",
+    "histogram_distance",
+    "histogram_distance_from_counts",
+    "l1",
+    "psnr",
+    "sharpness",
+    "ssim",
+]
 
 
 def as_unit(x) -> np.ndarray:
@@ -59,20 +69,29 @@ def ssim(a, b) -> float:
     if a.ndim == 3:
         a, b = a[None], b[None]
     return float(np.mean([structural_similarity(x, y, channel_axis=-1, data_range=1.0)
-                          for x, y in zip(a, b)]))
+                          for x, y in zip(a, b, strict=True)]))
+
+
+def colour_histogram(x, bins: int = 64) -> np.ndarray:
+    """Per-channel pixel counts, (3, bins) int64, over [0, 1] in equal bins.
+
+    Counts of several batches add up to the counts of the whole set, so a large set
+    can be scored batch by batch (:func:`histogram_distance_from_counts`).
+    """
+    x = as_unit(x)
+    return np.stack([np.histogram(x[..., c], bins=bins, range=(0.0, 1.0))[0] for c in range(3)])
+
+
+def histogram_distance_from_counts(ha: np.ndarray, hb: np.ndarray) -> float:
+    """:func:`histogram_distance` of two sets given their :func:`colour_histogram` counts."""
+    ha = ha / np.maximum(ha.sum(axis=-1, keepdims=True), 1)
+    hb = hb / np.maximum(hb.sum(axis=-1, keepdims=True), 1)
+    return float(np.mean(0.5 * np.abs(ha - hb).sum(axis=-1)))
 
 
 def histogram_distance(a, b, bins: int = 64) -> float:
     """Colour-histogram distance between two sets of images (see module docstring)."""
-    a, b = as_unit(a), as_unit(b)
-    out = []
-    for c in range(3):
-        ha, _ = np.histogram(a[..., c], bins=bins, range=(0.0, 1.0))
-        hb, _ = np.histogram(b[..., c], bins=bins, range=(0.0, 1.0))
-        ha = ha / max(ha.sum(), 1)
-        hb = hb / max(hb.sum(), 1)
-        out.append(0.5 * np.abs(ha - hb).sum())
-    return float(np.mean(out))
+    return histogram_distance_from_counts(colour_histogram(a, bins), colour_histogram(b, bins))
 
 
 def sharpness(x) -> float:

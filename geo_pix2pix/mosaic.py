@@ -1,46 +1,70 @@
 """Blending overlapping tile outputs into finished raster rows, strip by strip.
 
-:class:`StripMosaic` keeps a weighted sum and a weight sum for the raster rows that
-some unfinished tile still touches: a band a few tiles high across the raster's width,
-whatever the raster's height. Rows are handed out (:meth:`pop_rows`) as soon as no
-later tile can touch them, so memory does not grow with the raster's height.
+:class:`StripMosaic` keeps a weighted sum for the raster rows that some unfinished
+tile still touches: a band about one tile high across the raster's width, whatever
+the raster's height. Rows are handed out (:meth:`pop_rows`) as soon as no later tile
+can touch them, so memory does not grow with the raster's height.
 
-The blend is ``Σ wᵢ·outᵢ / Σ wᵢ`` with the weights of :func:`tiling.blend_window`;
-outputs of identical tiles give back exactly their value (the identity round trip).
+The blend is ``Σ wᵢ·outᵢ / Σ wᵢ`` with the weights of :func:`tiling.blend_window`.
+The weight sum needs no buffer: the window is an outer product of 1-D profiles and
+the grid a product of 1-D grids, so ``Σ wᵢ = coverage_y[y] · coverage_x[x]``. That is
+exact for every pixel whose covering tiles were all added, which holds for every
+valid pixel: a tile is skipped only when all its pixels are nodata. Outputs of
+identical tiles give back exactly their value (the identity round trip).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .tiling import Chip
+from .tiling import Chip, TileGrid, blend_profile, coverage
 
 __all__ = ["StripMosaic"]
 
 
 class StripMosaic:
-    """Accumulates tile outputs for a ``height`` × ``width`` raster in row order."""
+    """Accumulates the tile outputs of ``grid`` in row order.
 
-    def __init__(self, height: int, width: int, window: np.ndarray, channels: int = 3) -> None:
-        self.height, self.width, self.channels = height, width, channels
-        self.window = window.astype(np.float32)
-        self.top = 0  # first raster row held in the buffers (all rows above are popped)
-        self._sum = np.zeros((channels, 0, width), dtype=np.float32)
-        self._wsum = np.zeros((0, width), dtype=np.float32)
+    The buffer is a ring of ``tile_size`` rows (raster row ``y`` lives in slot
+    ``y % capacity``), so handing rows out never moves the others.
+    """
+
+    def __init__(self, grid: TileGrid, channels: int = 3) -> None:
+        self.grid = grid
+        self.height, self.width, self.channels = grid.height, grid.width, channels
+        profile = blend_profile(grid.tile_size, grid.overlap)
+        self.window = np.outer(profile, profile).astype(np.float32)
+        self.cov_y = coverage(grid.row_starts, grid.height, profile)
+        self.cov_x = coverage(grid.col_starts, grid.width, profile).astype(np.float32)
+        self.top = 0  # first raster row held (all rows above are handed out)
+        self.bottom = 0  # one past the last raster row touched so far
+        self._sum = np.zeros((channels, min(grid.tile_size, grid.height), grid.width), dtype=np.float32)
 
     @property
     def rows_held(self) -> int:
-        return self._wsum.shape[0]
+        return self.bottom - self.top
 
-    def _grow(self, bottom: int) -> None:
-        need = bottom - self.top - self.rows_held
-        if need > 0:
-            self._sum = np.concatenate(
-                [self._sum, np.zeros((self.channels, need, self.width), np.float32)], axis=1)
-            self._wsum = np.concatenate([self._wsum, np.zeros((need, self.width), np.float32)])
+    def _slots(self, r0: int, r1: int):
+        """(slot_lo, slot_hi, offset) pieces of raster rows [r0, r1) in the ring."""
+        cap = self._sum.shape[1]
+        while r0 < r1:
+            lo = r0 % cap
+            n = min(r1 - r0, cap - lo)
+            yield lo, lo + n, r0
+            r0 += n
+
+    def _ensure(self, bottom: int) -> None:
+        if bottom - self.top > self._sum.shape[1]:
+            # Only when a caller adds more than a tile row ahead: re-lay the ring.
+            old = self._sum
+            self._sum = np.zeros((self.channels, bottom - self.top, self.width), np.float32)
+            old_cap, new_cap = old.shape[1], self._sum.shape[1]
+            for r in range(self.top, self.bottom):
+                self._sum[:, r % new_cap] = old[:, r % old_cap]
+        self.bottom = max(self.bottom, bottom)
 
     def add(self, chip: Chip, output: np.ndarray) -> None:
-        """Blend one tile's output (channels, size, size), float, into the buffers.
+        """Blend one tile's output (channels, size, size), float, into the buffer.
 
         Only the part of the tile that lies on the raster is kept.
         """
@@ -51,29 +75,27 @@ class StripMosaic:
             return
         if r0 < self.top:
             raise ValueError(f"{chip} reaches row {r0}, already handed out (top {self.top})")
-        self._grow(r1)
-        tr, tc = r0 - chip.row_off, c0 - chip.col_off
-        w = self.window[tr : tr + r1 - r0, tc : tc + c1 - c0]
-        out = output[:, tr : tr + r1 - r0, tc : tc + c1 - c0]
-        br0, br1 = r0 - self.top, r1 - self.top
-        self._sum[:, br0:br1, c0:c1] += out * w
-        self._wsum[br0:br1, c0:c1] += w
+        self._ensure(r1)
+        tc = c0 - chip.col_off
+        for lo, hi, r in self._slots(r0, r1):
+            tr = r - chip.row_off
+            w = self.window[tr : tr + hi - lo, tc : tc + c1 - c0]
+            self._sum[:, lo:hi, c0:c1] += output[:, tr : tr + hi - lo, tc : tc + c1 - c0] * w
 
     def pop_rows(self, upto: int) -> tuple[int, np.ndarray, np.ndarray]:
         """Hand out rows ``[top, upto)``: (first row, blended (C, n, width), weight (n, width)).
 
-        Pixels with zero weight (no tile added there: skipped as all-nodata) come back
-        as 0 with weight 0; the caller masks them.
+        Rows no tile was added to (all nodata) come back as 0; the caller masks them.
         """
         upto = min(upto, self.height)
         n = max(0, upto - self.top)
-        self._grow(self.top + n)
-        acc, wsum = self._sum[:, :n], self._wsum[:n]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            blended = np.where(wsum > 0, acc / np.maximum(wsum, 1e-30), 0.0).astype(np.float32)
+        self._ensure(self.top + n)
+        weight = np.outer(self.cov_y[self.top : self.top + n].astype(np.float32), self.cov_x)
+        blended = np.empty((self.channels, n, self.width), np.float32)
+        for lo, hi, r in self._slots(self.top, self.top + n):
+            i = r - self.top
+            np.divide(self._sum[:, lo:hi], weight[i : i + hi - lo], out=blended[:, i : i + hi - lo])
+            self._sum[:, lo:hi] = 0
         first = self.top
-        out_w = wsum.copy()
-        self._sum = self._sum[:, n:].copy()
-        self._wsum = self._wsum[n:].copy()
         self.top += n
-        return first, blended, out_w
+        return first, blended, weight

@@ -32,6 +32,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from .errors import InputRasterError, NotGeoreferencedWarning, OptionError, OutputExistsError, OutputPathError
+from .tiling import clip_window, pad_reflect
 
 __all__ = [
     "MapRaster",
@@ -92,27 +93,32 @@ class MapRaster:
         The window may reach past the raster; those pixels are reflections of the
         raster and are marked invalid.
         """
-        r0, c0 = max(row_off, 0), max(col_off, 0)
-        r1, c1 = min(row_off + height, self.height), min(col_off + width, self.width)
-        if r1 <= r0 or c1 <= c0:
-            raise ValueError(f"window ({row_off}, {col_off}, {height}, {width}) misses the raster")
+        (r0, r1, c0, c1), pads = clip_window(row_off, col_off, height, width, self.height, self.width)
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        data = self.dataset.read(self.bands, window=win)
+        try:
+            data = self.dataset.read(self.bands, window=win)
+            valid = self._mask(win) if self.has_mask else None
+        except RasterioIOError as exc:
+            raise InputRasterError(
+                f"input {self.path!r} could not be read at rows {r0}–{r1} ({_first_line(exc)}): "
+                "the file is truncated or corrupt; re-export or re-download it"
+            ) from None
         if self.lut is not None:
             rgb = self.lut[data[0]].transpose(2, 0, 1)
         elif data.shape[0] == 1:
             rgb = np.repeat(data, 3, axis=0)
         else:
             rgb = data
-        if self.has_mask:
-            valid = self._mask(win)
-        else:
-            valid = np.ones(rgb.shape[1:], dtype=bool)
-        pads = ((r0 - row_off, row_off + height - r1), (c0 - col_off, col_off + width - c1))
-        if any(p for pair in pads for p in pair):
-            rgb = np.pad(rgb, ((0, 0),) + pads, mode="reflect")
-            valid = np.pad(valid, pads, mode="constant", constant_values=False)
-        return np.ascontiguousarray(rgb, dtype=np.uint8), valid
+        rgb, inside = pad_reflect(np.ascontiguousarray(rgb, dtype=np.uint8), pads)
+        if valid is not None:
+            inside[pads[0][0] : pads[0][0] + r1 - r0, pads[1][0] : pads[1][0] + c1 - c0] &= valid
+        return rgb, inside
+
+    def valid_rows(self, first: int, n: int) -> np.ndarray | None:
+        """Validity mask (n, width) of rows ``[first, first + n)``, or None if all valid."""
+        if not self.has_mask:
+            return None
+        return self._mask(Window(0, first, self.width, n))
 
     def _mask(self, win: Window) -> np.ndarray:
         if self.alpha_band is not None:

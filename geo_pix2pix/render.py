@@ -38,7 +38,8 @@ from rasterio.windows import Window
 from torch import nn
 
 from .errors import OptionError, OutputPathError
-from .model import load_model, model_device, run_batch
+from .model import load_model
+from .pipeline import TilePipeline
 from .raster import (
     MapRaster,
     atomic_output,
@@ -49,13 +50,14 @@ from .raster import (
     output_profile,
     scratch_path,
 )
-from .tiling import DEFAULT_OVERLAP, TileGrid, blend_window
+from .tiling import DEFAULT_OVERLAP
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RenderResult", "render", "DEFAULT_BATCH_SIZE", "RESOLUTION_TOLERANCE"]
 
 DEFAULT_BATCH_SIZE = 8
+GDAL_CACHE_MB = 16
 #: Inputs within this relative difference of the model's ground resolution are not
 #: resampled: a 5 % scale change is within the training jitter and resampling blurs.
 RESOLUTION_TOLERANCE = 0.05
@@ -141,6 +143,10 @@ def render(
     _check_options(tile_size, overlap, batch_size, model)
 
     with ExitStack() as stack:
+        if "GDAL_CACHEMAX" not in os.environ:
+            # GDAL's default block cache is 5 % of RAM; render reads and writes in strips
+            # and needs little, so keep memory flat unless the user configured it.
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         raster = stack.enter_context(open_map_raster(src, bands))
         in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
                                    raster.width, raster.height) if raster.georeferenced else None
@@ -201,74 +207,69 @@ class _on_model_grid:
 
 def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size: int, overlap: int,
                      batch_size: int, progress: ProgressCallback | None, compress: str):
-    from .mosaic import StripMosaic
-
     ds = raster.dataset
     profile = output_profile(raster, width=raster.width, height=raster.height,
                              transform=ds.transform, crs=ds.crs, compress=compress)
-    if not raster.georeferenced:
-        profile.pop("crs")
+    if ds.crs is None:
+        profile.pop("crs")  # a transform without CRS is kept; a missing one stays missing
+    if ds.transform.is_identity:
         profile.pop("transform")
-    grid = TileGrid(raster.height, raster.width, tile_size, overlap)
-    mosaic = StripMosaic(raster.height, raster.width, blend_window(tile_size, overlap))
-    device = model_device(model)
-    rendered = 0
-    pending: list = []  # (chip, rgb) gathered for the next model call
+    pipe = TilePipeline(raster, model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                        progress=progress)
     with open_output(path, profile) as out:
-        def run_pending() -> None:
-            nonlocal rendered
-            if pending:
-                outputs = run_batch(model, np.stack([t for _, t in pending]), device)
-                for (chip, _), y in zip(pending, outputs):
-                    mosaic.add(chip, y)
-                rendered += len(pending)
-                pending.clear()
-
-        def flush(upto_tile_row: int) -> None:
-            # Rows are final once every tile touching them has been blended.
-            first, blended, _ = mosaic.pop_rows(grid.rows_done_after(upto_tile_row))
-            if blended.shape[1]:
-                _write_rows(out, raster, first, blended)
-
-        ncols = grid.shape[1]
-        for r in range(grid.shape[0]):
-            chips = grid.row(r)
-            x0, x1 = grid.col_starts[0], grid.col_starts[-1] + tile_size
-            strip, valid = raster.read(chips[0].row_off, x0, tile_size, x1 - x0)
-            for chip in chips:
-                c = chip.col_off - x0
-                if not valid[:, c : c + tile_size].any():
-                    continue  # all nodata (or outside the raster): no model call
-                pending.append((chip, strip[:, :, c : c + tile_size]))
-                if len(pending) >= batch_size:
-                    run_pending()
-            # Tile rows before the first pending tile's row are complete.
-            complete = (pending[0][0].row - 1) if pending else r
-            if complete >= 0:
-                flush(complete)
-            if progress is not None:
-                progress((r + 1) * ncols - len(pending), len(grid))
-        run_pending()
-        flush(grid.shape[0] - 1)
-        if progress is not None:
-            progress(len(grid), len(grid))
-    return grid, rendered
+        writer = _BlockRowWriter(out, raster)
+        for first, rows in pipe:
+            writer.add(first, rows)
+        writer.flush()
+    return pipe.grid, pipe.rendered
 
 
-def _write_rows(out, raster: MapRaster, first: int, blended: np.ndarray) -> None:
-    """Write blended rows (3, n, width) in [-1, 1] to ``out`` with the input's mask."""
-    n = blended.shape[1]
-    rgb = np.rint((blended + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-    if raster.has_mask:
-        _, valid = raster.read(first, 0, n, raster.width)
-    else:
-        valid = None
+class _BlockRowWriter:
+    """Collects finished rows and writes them in whole rows of GeoTIFF blocks.
+
+    A compressed tiled GeoTIFF cannot update part of a block in place: GDAL would keep
+    the block in its cache (memory growing with the raster's width × rows) or rewrite
+    it at the end of the file. Writing whole block rows avoids both. The buffer is one
+    block row, allocated once.
+    """
+
+    def __init__(self, out, raster: MapRaster) -> None:
+        self.out, self.raster = out, raster
+        self.block = out.block_shapes[0][0]
+        self.buf = np.empty((3, self.block, raster.width), np.uint8)
+        self.first = 0  # raster row of buf[:, 0]
+        self.held = 0
+
+    def add(self, first: int, rgb: np.ndarray) -> None:
+        if first != self.first + self.held:
+            raise ValueError(f"rows must come in order: got {first}, expected {self.first + self.held}")
+        i = 0
+        while i < rgb.shape[1]:
+            n = min(self.block - self.held, rgb.shape[1] - i)
+            self.buf[:, self.held : self.held + n] = rgb[:, i : i + n]
+            self.held += n
+            i += n
+            if self.held == self.block:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            _write_rows(self.out, self.raster, self.first, self.buf[:, : self.held])
+            self.first += self.held
+            self.held = 0
+
+
+def _write_rows(out, raster: MapRaster, first: int, rgb: np.ndarray) -> None:
+    """Write uint8 rows (3, n, width) to ``out`` with the input's mask."""
+    n = rgb.shape[1]
+    valid = raster.valid_rows(first, n)
     win = Window(0, first, raster.width, n)
     if out.count == 4:
         alpha = np.full((1, n, raster.width), 255, np.uint8) if valid is None else (valid * 255).astype(np.uint8)[None]
         out.write(np.concatenate([rgb, alpha]), window=win)
         return
     if valid is not None:
+        rgb = rgb.copy()
         nodata = out.nodata
         if nodata is not None:
             nd = np.uint8(nodata)
@@ -296,7 +297,7 @@ def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: s
         for y in range(0, src.height, step):
             n = min(step, src.height - y)
             rgb = vrt.read((1, 2, 3), window=Window(0, y, src.width, n))
-            _write_rows(out, raster, y, rgb.astype(np.float32) / 127.5 - 1.0)
+            _write_rows(out, raster, y, rgb)
 
 
 def _build_overviews(path: Path) -> None:

@@ -8,7 +8,8 @@ beyond every edge of the raster (the reader fills that margin by reflection), so
 pixel on the raster's edge sits inside a tile, not on its border, and gets the same
 treatment as an interior pixel. Along each axis the tiles are spread evenly, so the
 actual overlap is never less than asked and the grid never reaches further than
-needed. A raster smaller than a tile gets one tile, padded by reflection.
+needed. A raster no larger than a tile gets one tile (padded by reflection if
+smaller): that is exactly how the model was trained.
 
 Each tile's output is weighted by :func:`blend_window`: 1 in the middle, falling
 smoothly (raised cosine) towards the tile's borders but never to zero. Overlapping
@@ -24,7 +25,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Chip", "TileGrid", "axis_starts", "blend_window", "DEFAULT_OVERLAP"]
+__all__ = [
+    "Chip",
+    "DEFAULT_OVERLAP",
+    "TileGrid",
+    "axis_starts",
+    "blend_profile",
+    "blend_window",
+    "clip_window",
+    "coverage",
+    "pad_reflect",
+    "reflect_window",
+]
 
 #: Default overlap between neighbouring 256 px tiles, in pixels. The U-Net's
 #: receptive field covers the whole tile (766 px for 8 stride-2 layers), so the field
@@ -61,17 +73,30 @@ def axis_starts(length: int, tile_size: int, overlap: int) -> list[int]:
         raise ValueError(f"tile_size={tile_size} must be at least 1")
     if not 0 <= overlap < tile_size:
         raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
+    if length <= tile_size:
+        # One tile, the raster centred in it: a raster that fits in a tile is rendered
+        # as one tile, as the model was trained, not as blended reflected copies.
+        return [-((tile_size - length) // 2)]
     m = overlap // 2
     span = length + 2 * m
     start = -m
-    if span <= tile_size:
-        # One tile; centre the raster in it so that both sides get the same context.
-        return [-((tile_size - length) // 2)]
     stride = tile_size - overlap
     n = math.ceil((span - tile_size) / stride) + 1
     last = start + span - tile_size
     # Even spread: n tiles from `start` to `last` inclusive, integer positions.
     return [start + (i * (last - start)) // (n - 1) for i in range(n)]
+
+
+def blend_profile(tile_size: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
+    """1-D weights (float64, length ``tile_size``) across a tile: see :func:`blend_window`."""
+    ramp_len = min(overlap, tile_size // 2)
+    w = np.ones(tile_size, dtype=np.float64)
+    if ramp_len > 0:
+        t = (np.arange(ramp_len) + 0.5) / ramp_len  # (0, 1)
+        ramp = floor + (1 - floor) * 0.5 * (1 - np.cos(np.pi * t))
+        w[:ramp_len] = ramp
+        w[tile_size - ramp_len :] = ramp[::-1]
+    return w
 
 
 def blend_window(tile_size: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
@@ -81,15 +106,56 @@ def blend_window(tile_size: int, overlap: int, floor: float = 1e-3) -> np.ndarra
     border to 1 at ``overlap`` pixels in, and stays 1 in the middle; the 2-D window is
     the outer product. With ``overlap == 0`` it is all ones. ``floor`` > 0 keeps every
     pixel's total weight positive even where only a tile's border covers it.
+
+    Because the window is an outer product and the grid a product of two 1-D grids,
+    the total weight at a pixel is ``coverage(rows)[y] · coverage(cols)[x]``
+    (:func:`coverage`): the mosaic needs no weight buffer.
     """
-    ramp_len = min(overlap, tile_size // 2)
-    w = np.ones(tile_size, dtype=np.float64)
-    if ramp_len > 0:
-        t = (np.arange(ramp_len) + 0.5) / ramp_len  # (0, 1)
-        ramp = floor + (1 - floor) * 0.5 * (1 - np.cos(np.pi * t))
-        w[:ramp_len] = ramp
-        w[tile_size - ramp_len :] = ramp[::-1]
+    w = blend_profile(tile_size, overlap, floor)
     return np.outer(w, w)
+
+
+def coverage(starts: list[int], length: int, profile: np.ndarray) -> np.ndarray:
+    """Σ of the 1-D blend profiles of tiles starting at ``starts``, over ``[0, length)``."""
+    total = np.zeros(length, dtype=np.float64)
+    size = len(profile)
+    for s in starts:
+        a, b = max(s, 0), min(s + size, length)
+        if b > a:
+            total[a:b] += profile[a - s : b - s]
+    return total
+
+
+def clip_window(row_off: int, col_off: int, height: int, width: int,
+                raster_height: int, raster_width: int) -> tuple[tuple[int, int, int, int], tuple]:
+    """The part of a window inside the raster, and the padding that restores the window.
+
+    Returns ``((r0, r1, c0, c1), ((top, bottom), (left, right)))``.
+    """
+    r0, c0 = max(row_off, 0), max(col_off, 0)
+    r1, c1 = min(row_off + height, raster_height), min(col_off + width, raster_width)
+    if r1 <= r0 or c1 <= c0:
+        raise ValueError(f"window ({row_off}, {col_off}, {height}, {width}) misses the "
+                         f"{raster_width}×{raster_height} raster")
+    return (r0, r1, c0, c1), ((r0 - row_off, row_off + height - r1), (c0 - col_off, col_off + width - c1))
+
+
+def pad_reflect(data: np.ndarray, pads: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (C, h, w) data by reflection; also return the bool mask of the real pixels."""
+    inside = np.ones(data.shape[1:], dtype=bool)
+    if any(p for pair in pads for p in pair):
+        data = np.pad(data, ((0, 0),) + tuple(pads), mode="reflect")
+        inside = np.pad(inside, pads, mode="constant", constant_values=False)
+    return data, inside
+
+
+def reflect_window(arr: np.ndarray, row_off: int, col_off: int, height: int, width: int):
+    """Cut a window from ``arr`` (C, H, W), reflecting it beyond the edges.
+
+    Returns (window (C, height, width), inside bool (height, width)).
+    """
+    (r0, r1, c0, c1), pads = clip_window(row_off, col_off, height, width, *arr.shape[1:])
+    return pad_reflect(arr[:, r0:r1, c0:c1], pads)
 
 
 class TileGrid:

@@ -236,7 +236,7 @@ class Trainer:
         self.G.eval()
         fakes = self.G(maps.to(self.device)).float().cpu()
         rows = [np.concatenate([to_uint8(m), to_uint8(f), to_uint8(r)], axis=1)
-                for m, f, r in zip(maps, fakes, reals)]
+                for m, f, r in zip(maps, fakes, reals, strict=True)]
         path = self.out / "samples" / f"step{self.state.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate(rows, axis=0)).save(path)

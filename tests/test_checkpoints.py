@@ -26,7 +26,7 @@ def test_round_trip_restores_config_weights_and_facts(tmp_path, small_pair):
     assert ckpt.ground_resolution == 2.5
     assert ckpt.provenance["data"] == "synthetic"
     g2 = ckpt.build_generator()
-    for (k, a), (_, b) in zip(g.state_dict().items(), g2.state_dict().items()):
+    for (k, a), (_, b) in zip(g.state_dict().items(), g2.state_dict().items(), strict=False):
         assert torch.equal(a, b), k
     assert ckpt.build_discriminator().config == d.config
 
@@ -51,7 +51,7 @@ def test_half_export_is_smaller_and_close(tmp_path, small_pair):
     ckpt = load_checkpoint(slim)
     assert ckpt.ground_resolution == 3.0
     g2 = ckpt.build_generator()
-    for a, b in zip(g.parameters(), g2.parameters()):
+    for a, b in zip(g.parameters(), g2.parameters(), strict=False):
         assert a.dtype == b.dtype == torch.float32
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
 

@@ -201,10 +201,10 @@ def test_resampling_to_model_resolution_and_back(make_raster, tmp_path):
 
 
 def test_ground_resolution_of_web_mercator_is_ground_metres():
-    from geo_pix2pix.raster import ground_resolution
-
     # 1 "metre" of EPSG:3857 at 60° N is 0.5 m on the ground.
     import mercantile
+
+    from geo_pix2pix.raster import ground_resolution
 
     x, y = mercantile.xy(25.0, 60.0)
     t = Affine(1.0, 0, x - 50, 0, -1.0, y + 50)

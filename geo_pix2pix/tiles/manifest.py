@@ -1,0 +1,144 @@
+"""What each output tile was made from, and who may write the cache.
+
+The work folder beside (or, for an XYZ folder, inside) DEST holds:
+
+- ``manifest.sqlite``: one row per tile, ``(z, x, y, key, status)``. The key is a hash of
+  everything the tile's pixels depend on: the model's identity, the options that change
+  pixels, and the content digests of the source tiles under its chips (overview tiles:
+  the keys of their four children). A rerun recomputes keys and regenerates a tile only
+  when its key changed or the tile is missing. Rows are committed after the tiles they
+  describe, so a kill leaves at worst a tile newer than its row, which the rerun simply
+  makes again, identically.
+- ``lock``: held with ``flock`` for the whole run. A second process on the same DEST
+  gets :class:`~geo_pix2pix.errors.DestinationBusyError` at once; the kernel drops the
+  lock when its holder dies, even by ``kill -9``.
+- ``hidden.mbtiles``: levels made only to build overviews from (see :mod:`.plan`);
+  ``staging.mbtiles``: the tiles of a PMTiles archive until it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import mercantile
+from torch import nn
+
+from ..errors import DestinationBusyError, OutputPathError
+
+__all__ = ["DestinationLock", "Manifest", "model_identity", "settings_digest", "tile_key", "work_dir"]
+
+#: Bump when a change to the code changes the pixels made from the same inputs.
+ALGORITHM_VERSION = 1
+
+
+def work_dir(dest: str | os.PathLike, kind: str) -> Path:
+    """The cache's work folder: ``DEST/.geo-pix2pix`` for a folder, else ``.NAME.geo-pix2pix``."""
+    dest = Path(dest)
+    if kind == "xyz":
+        return dest / ".geo-pix2pix"
+    return dest.parent / f".{dest.name}.geo-pix2pix"
+
+
+def settings_digest(**settings) -> str:
+    """Hash of the options that change pixels (JSON, keys sorted)."""
+    settings["algorithm"] = ALGORITHM_VERSION
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tile_key(digest: str, parts: list[str]) -> str:
+    """A tile's key: the settings digest and the digests of its inputs, in order."""
+    h = hashlib.sha256(digest.encode())
+    for p in parts:
+        h.update(b"|" + p.encode())
+    return h.hexdigest()[:40]
+
+
+def model_identity(model: nn.Module) -> str:
+    """``model.identity`` (the weights file's hash) where the model has one; otherwise a
+    hash of its class and its state dict, so that any change of weights shows."""
+    ident = getattr(model, "identity", "")
+    if isinstance(ident, str) and ident:
+        return ident
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class DestinationLock:
+    """An exclusive, non-blocking ``flock`` on ``work/lock`` (context manager)."""
+
+    def __init__(self, work: Path, dest: str) -> None:
+        self.path, self.dest, self.fd = work / "lock", dest, None
+
+    def __enter__(self) -> DestinationLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DestinationBusyError(
+                f"DEST {self.dest!r} is being written by another geo-pix2pix process (pid {holder}, "
+                f"lock {str(self.path)!r}): wait for it to finish, or choose another DEST") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+class Manifest:
+    """``manifest.sqlite``: tile keys and run settings."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        existed = path.exists()
+        try:
+            self.db = sqlite3.connect(path)
+            self.db.executescript(
+                "CREATE TABLE IF NOT EXISTS tiles (z INTEGER, x INTEGER, y INTEGER, key TEXT, status TEXT,"
+                " PRIMARY KEY (z, x, y)) WITHOUT ROWID;"
+                "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);")
+            self.db.commit()
+        except sqlite3.DatabaseError as exc:
+            raise OutputPathError(f"the manifest {str(path)!r} is damaged ({exc}): delete it and rerun "
+                                  "(every tile will be made again)") from None
+        self.existed = existed and bool(self.db.execute("SELECT 1 FROM tiles LIMIT 1").fetchone())
+
+    def level(self, z: int) -> dict[tuple[int, int], tuple[str, str]]:
+        """(x, y) → (key, status) of every recorded tile of zoom ``z``."""
+        rows = self.db.execute("SELECT x, y, key, status FROM tiles WHERE z=?", (z,))
+        return {(x, y): (key, status) for x, y, key, status in rows}
+
+    def record(self, t: mercantile.Tile, key: str, status: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)", (t.z, t.x, t.y, key, status))
+
+    def forget(self, t: mercantile.Tile) -> None:
+        self.db.execute("DELETE FROM tiles WHERE z=? AND x=? AND y=?", (t.z, t.x, t.y))
+
+    def meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, **values: str) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
