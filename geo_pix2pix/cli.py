@@ -79,6 +79,9 @@ batch_opt = click.option("--batch-size", "-b", type=int, default=None,
 overlap_opt = click.option("--overlap", type=int, default=None,
                            help="Overlap between neighbouring tiles, pixels [default: 64].")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+scheduler_opt = click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
+                             help="Run on a Dask cluster: a scheduler's address, or local:N to start N "
+                                  "workers here (needs geo-pix2pix[dask]; see docs/scaling.md).")
 
 
 def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
@@ -109,8 +112,10 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF.")
 @click.option("--compress", default="deflate", show_default=True,
               type=click.Choice(["deflate", "lzw", "zstd", "jpeg", "none"], case_sensitive=False))
+@scheduler_opt
 @click.pass_context
-def render(ctx, src, dst, weights, device, batch_size, overlap, overwrite, bands, model_grid, cog, compress):
+def render(ctx, src, dst, weights, device, batch_size, overlap, overwrite, bands, model_grid, cog, compress,
+           scheduler):
     """Render the map raster SRC into a synthetic aerial image DST.
 
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
@@ -119,10 +124,12 @@ def render(ctx, src, dst, weights, device, batch_size, overlap, overwrite, bands
     from .model import load_model
     from .render import render as render_fn
 
-    model = load_model(weights, device)
+    # On a cluster, each worker loads the checkpoint itself, by its path, on its --device.
+    model = weights if scheduler else load_model(weights, device)
     bar, update = _progress_bar(ctx, "render")
     with bar:
         result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size,
+                           device=device if scheduler else None, client=scheduler,
                            overwrite=overwrite, progress=update, bands=bands, model_grid=model_grid,
                            cog=cog, compress=compress)
     note = " (resampled to the model's resolution)" if result.resampled else ""
@@ -181,11 +188,20 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
 def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, batch_size, width, d_width,
           norm, load_size, lr, l1_weight, val_fraction, ground_resolution, checkpoint_every, seed,
           resume, device):
-    """Train a pix2pix model on paired map/aerial data; checkpoints go to OUT_DIR."""
-    from .errors import OptionError
+    """Train a pix2pix model on paired map/aerial data; checkpoints go to OUT_DIR.
+
+    Under torchrun (torchrun --nproc_per_node N -m geo_pix2pix train ...) it trains
+    data-parallel on N processes; rank 0 writes the checkpoints (docs/scaling.md).
+    """
+    from .errors import OptionError, OutputExistsError
     from .networks import DiscriminatorConfig, GeneratorConfig
     from .train import TrainConfig, Trainer
 
+    last = Path(out_dir) / "last.pt"
+    if last.exists() and not (resume and Path(resume).exists() and last.samefile(resume)):
+        # A new run would overwrite the checkpoints of the one already there.
+        raise OutputExistsError(f"OUT_DIR {out_dir!r} holds another training run ({last}): pass --resume "
+                                f"{last} to continue it, or choose another OUT_DIR")
     try:
         lo, _, hi = load_size.partition("-")
         sizes = (int(lo), int(hi or lo))
@@ -200,19 +216,23 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
     trainer = Trainer(source, out_dir, cfg, GeneratorConfig(base_width=width, norm=norm),
                       DiscriminatorConfig(base_width=d_width, norm=norm), device,
                       provenance={"data": str(data), "layout": layout})
-    if resume:
-        trainer.resume(resume)
     from tqdm import tqdm
 
-    with tqdm(total=steps, initial=trainer.state.step, desc="train", unit="step",
-              disable=ctx.meta.get("quiet") or None, dynamic_ncols=True) as bar:
-        def progress(step: int, rec: dict) -> None:
-            bar.update(step - bar.n)
-            bar.set_postfix(d=rec.get("loss_d"), g=rec.get("loss_g_gan"), l1=rec.get("loss_g_l1"),
-                            refresh=False)
+    try:
+        if resume:
+            trainer.resume(resume)
+        with tqdm(total=steps, initial=trainer.state.step, desc="train", unit="step",
+                  disable=(ctx.meta.get("quiet") or not trainer.main) or None, dynamic_ncols=True) as bar:
+            def progress(step: int, rec: dict) -> None:
+                bar.update(step - bar.n)
+                bar.set_postfix(d=rec.get("loss_d"), g=rec.get("loss_g_gan"), l1=rec.get("loss_g_l1"),
+                                refresh=False)
 
-        final = trainer.fit(progress)
-    click.echo(f"wrote {final} (step {trainer.state.step})", err=True)
+            final = trainer.fit(progress)
+    finally:
+        trainer.close()
+    if trainer.main:
+        click.echo(f"wrote {final} (step {trainer.state.step})", err=True)
 
 
 def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
@@ -320,9 +340,10 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
 @device_opt
 @click.option("--overwrite", is_flag=True,
               help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced).")
+@scheduler_opt
 @click.pass_context
 def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
-          force, no_model, bands, name, attribution, weights, device, overwrite):
+          force, no_model, bands, name, attribution, weights, device, overwrite, scheduler):
     """Make or update an XYZ tile cache DEST of synthetic aerial imagery from map tiles SOURCE.
 
     SOURCE: an XYZ folder ({z}/{x}/{y}.png), an .mbtiles file, a georeferenced raster in any
@@ -337,6 +358,8 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
     area = Area.from_bbox(bbox) if bbox else Area.from_geojson(aoi) if aoi else None
     if no_model and weights:
         raise OptionError("--no-model copies the source's pixels: drop --weights, or drop --no-model")
+    if scheduler and workers > 1:
+        raise OptionError(f"--workers {workers} runs a local pool, --scheduler a Dask cluster: give one of them")
     model = CopyModel() if no_model else weights
     bar, update = _progress_bar(ctx, "tiles")
     with bar:
@@ -344,7 +367,7 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
                             meta_size=meta_size, buffer=buffer, render_zoom=render_zoom, workers=workers,
                             expire=expire, force=force, overwrite=overwrite,
                             device=None if device == "auto" else device, bands=bands, name=name,
-                            attribution=attribution, progress=update)
+                            attribution=attribution, progress=update, client=scheduler)
     for tile, reason in result.failures:
         click.echo(f"failed {tile}: {reason}", err=True)
     if not ctx.meta.get("quiet"):
@@ -386,6 +409,33 @@ def osm_map(ctx, src, dst, bbox, resolution, overwrite):
     if not ctx.meta.get("quiet"):
         click.echo(f"wrote {result.path} ({result.width}×{result.height} px at {result.resolution:g} m/px, "
                    f"{result.features} OSM features)", err=True)
+
+
+@main.group("qgis")
+def qgis_group() -> None:
+    """QGIS: install the plugin that adds geo-pix2pix to the Processing toolbox and qgis_process."""
+
+
+@qgis_group.command("install-plugin")
+@click.option("--profile-dir", type=click.Path(file_okay=False), default=None,
+              help="QGIS profile folder [default: this OS's default profile, e.g. "
+                   "~/.local/share/QGIS/QGIS3/profiles/default on Linux].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a geo_pix2pix_plugin folder that geo-pix2pix did not install.")
+@click.pass_context
+def qgis_install_plugin(ctx, profile_dir, overwrite):
+    """Install the geo-pix2pix QGIS plugin into a QGIS profile.
+
+    Run it with the Python that QGIS uses (or one of the same version): the plugin
+    records where this Python finds geo_pix2pix, so QGIS finds it there too.
+    """
+    from .qgis.install import PLUGIN_NAME, install_plugin
+
+    result = install_plugin(profile_dir, overwrite=overwrite)
+    if not ctx.meta.get("quiet"):
+        verb = "updated" if result.replaced else "installed"
+        click.echo(f"{verb} {result.path}\nenable it in QGIS (Plugins ▸ Manage and Install Plugins ▸ "
+                   f"Installed) or with: qgis_process plugins enable {PLUGIN_NAME}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DatasetError
+from .errors import DatasetError, OptionError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -50,14 +50,27 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"{str(path)!r} is not a readable image ({exc}): remove or replace it") from None
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(f"{str(path)!r} is not a readable image ({exc}): remove or replace it") from None
+
+
 def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise DatasetError(f"dataset folder {str(folder)!r} does not exist or is not a folder")
+        raise DatasetError(f"dataset folder {str(folder)!r} does not exist or is not a folder: check the path")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
+        hint = ("it has map/ and aerial/ folders: pass --layout folders"
+                if (folder / "map").is_dir() and (folder / "aerial").is_dir()
+                else "point DATA at the folder that contains the tiles")
         raise DatasetError(
-            f"dataset folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
-            "point --data at the folder that contains the tiles"
+            f"dataset folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}): {hint}"
         )
     return files
 
@@ -89,6 +102,14 @@ class PairSource:
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError  # implemented by every concrete source
 
+    def size(self, index: int) -> tuple[int, int] | None:
+        """(height, width) of pair ``index``'s map where known without decoding it."""
+        return None
+
+    def label(self, index: int) -> str:
+        """Pair ``index`` as messages name it (its file, where it has one)."""
+        return repr(self.names[index])
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index not in self._cache:
             self._cache[index] = self._load(index)
@@ -117,14 +138,25 @@ class SideBySideFolder(PairSource):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         img = _read_rgb(self.files[index])
-        h, w = img.shape[:2]
+        self._check_width(index, img.shape[1])
+        w = img.shape[1]
+        a, b = img[:, : w // 2], img[:, w // 2 :]
+        return (b, a) if self.direction == "BtoA" else (a, b)
+
+    def _check_width(self, index: int, w: int) -> None:
         if w % 2:
             raise DatasetError(
                 f"{str(self.files[index])!r} is {w} px wide: a side-by-side pair must have an "
                 "even width (left half A, right half B)"
             )
-        a, b = img[:, : w // 2], img[:, w // 2 :]
-        return (b, a) if self.direction == "BtoA" else (a, b)
+
+    def size(self, index: int) -> tuple[int, int]:
+        h, w = _image_size(self.files[index])
+        self._check_width(index, w)
+        return h, w // 2
+
+    def label(self, index: int) -> str:
+        return repr(str(self.files[index]))
 
 
 class TwoFolders(PairSource):
@@ -147,12 +179,23 @@ class TwoFolders(PairSource):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         m, a = (_read_rgb(p) for p in self.pairs[index])
-        if m.shape != a.shape:
-            raise DatasetError(
-                f"tile {self.names[index]!r}: map is {m.shape[1]}×{m.shape[0]} but aerial is "
-                f"{a.shape[1]}×{a.shape[0]}: paired tiles must have the same size"
-            )
+        self._check_same(index, m.shape[:2], a.shape[:2])
         return m, a
+
+    def _check_same(self, index: int, m: tuple[int, int], a: tuple[int, int]) -> None:
+        if m != a:
+            raise DatasetError(
+                f"tile {self.names[index]!r}: map is {m[1]}×{m[0]} but aerial is "
+                f"{a[1]}×{a[0]}: paired tiles must have the same size"
+            )
+
+    def size(self, index: int) -> tuple[int, int]:
+        m, a = (_image_size(p) for p in self.pairs[index])
+        self._check_same(index, m, a)
+        return m
+
+    def label(self, index: int) -> str:
+        return repr(str(self.pairs[index][0]))
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -189,18 +232,21 @@ class JitteredPairs:
         self.indices = list(indices)
         self.jitter = jitter
         self.rng = torch.Generator().manual_seed(seed)
-        lo = min(min(source[i][0].shape[:2]) for i in self.indices[:1])
-        if lo < jitter.crop_size and jitter.load_size[0] < jitter.crop_size:
-            raise DatasetError(
-                f"tiles are {lo} px and load size {jitter.load_size[0]} px, smaller than the "
-                f"{jitter.crop_size} px crop: use --load-size of at least the crop size"
-            )
+        if jitter.load_size[0] < jitter.crop_size:
+            raise OptionError(f"--load-size {jitter.load_size[0]} is smaller than the {jitter.crop_size} px "
+                              f"training crop: give at least {jitter.crop_size} (the paper uses 286)")
+        for i in self.indices:  # every tile, from its header where the source can: a bad
+            size = source.size(i)  # tile is found now, not hours into training
+            if size is not None and min(size) < jitter.crop_size:
+                raise too_small(source, i, size, jitter.crop_size)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         maps, aerials = [], []
         for _ in range(batch_size):
             k = int(torch.randint(len(self.indices), (1,), generator=self.rng))
             m, a = self.source[self.indices[k]]
+            if min(m.shape[:2]) < self.jitter.crop_size:  # a source that cannot tell sizes early
+                raise too_small(self.source, self.indices[k], m.shape[:2], self.jitter.crop_size)
             pair = torch.cat([to_tensor(m), to_tensor(a)], dim=0)  # (6, H, W)
             pair = self._jitter(pair)
             maps.append(pair[:3])
@@ -220,6 +266,15 @@ class JitteredPairs:
         if j.flip and bool(torch.rand((), generator=self.rng) < 0.5):
             pair = pair.flip(-1)
         return pair
+
+
+def too_small(source: PairSource, index: int, size: tuple[int, int], crop: int) -> DatasetError:
+    h, w = size
+    return DatasetError(
+        f"tile {source.label(index)} is {w}×{h} px, smaller than the {crop} px training crop: it would "
+        f"be upsampled and the model would learn blurred imagery; use tiles of at least {crop} px (cut "
+        "them from larger images, or train on rasters with --layout rasters) or remove it"
+    )
 
 
 def fixed_pairs(source: PairSource, indices: Sequence[int], size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,8 +15,10 @@ edge see a mirror image of the map rather than black), and their mask is False t
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -28,8 +30,13 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferencedWarning
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
+
+try:  # GDAL's own errors, which rasterio raises as they are from some calls
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - a private module; rasterio 1.3/1.4 have it
+    CPLE_BaseError = RasterioError
 
 from .errors import InputRasterError, NotGeoreferencedWarning, OptionError, OutputExistsError, OutputPathError
 from .tiling import clip_window, pad_reflect
@@ -40,9 +47,11 @@ __all__ = [
     "ground_resolution",
     "open_map_raster",
     "open_output",
+    "output_errors",
     "output_profile",
     "parse_bands",
     "scratch_path",
+    "verify_written",
 ]
 
 EARTH_RADIUS = 6_371_008.8  # mean radius (IUGG), metres
@@ -99,10 +108,7 @@ class MapRaster:
             data = self.dataset.read(self.bands, window=win)
             valid = self._mask(win) if self.has_mask else None
         except RasterioIOError as exc:
-            raise InputRasterError(
-                f"input {self.path!r} could not be read at rows {r0}–{r1} ({_first_line(exc)}): "
-                "the file is truncated or corrupt; re-export or re-download it"
-            ) from None
+            raise self._read_error(r0, r1, exc) from None
         if self.lut is not None:
             rgb = self.lut[data[0]].transpose(2, 0, 1)
         elif data.shape[0] == 1:
@@ -118,7 +124,16 @@ class MapRaster:
         """Validity mask (n, width) of rows ``[first, first + n)``, or None if all valid."""
         if not self.has_mask:
             return None
-        return self._mask(Window(0, first, self.width, n))
+        try:
+            return self._mask(Window(0, first, self.width, n))
+        except RasterioIOError as exc:
+            raise self._read_error(first, first + n, exc) from None
+
+    def _read_error(self, r0: int, r1: int, exc: BaseException) -> InputRasterError:
+        return InputRasterError(
+            f"input {self.path!r} could not be read at rows {r0}–{r1} ({_first_line(exc)}): "
+            "the file is truncated or corrupt; re-export or re-download it"
+        )
 
     def _mask(self, win: Window) -> np.ndarray:
         if self.alpha_band is not None:
@@ -165,9 +180,22 @@ def open_map_raster(path: str | os.PathLike, bands: str | Sequence[int] | None =
         raise
 
 
+#: rasterio's wrappers that only point at the GDAL error below them.
+_GENERIC = ("See previous exception", "Read failed", "Write failed")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    """The most specific line of an error: rasterio chains GDAL's errors as causes
+    ("Read failed. See previous exception" ← "IReadBlock failed" ← "TIFFFillTile: Read
+    error at row 0, got 843 bytes, expected 4261"); the deepest says what went wrong."""
+    lines, seen, e = [], set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).strip()
+        if text and not any(g in text for g in _GENERIC):
+            lines.append(text.splitlines()[0])
+        e = e.__cause__ or e.__context__
+    return lines[-1][:200] if lines else type(exc).__name__
 
 
 def _validate(ds, path: str, bands: tuple[int, ...] | None, not_georef_warned: bool) -> MapRaster:
@@ -211,17 +239,52 @@ def _validate(ds, path: str, bands: tuple[int, ...] | None, not_georef_warned: b
         alpha = None  # the user asked to read it as colour
     dtypes = {ds.dtypes[b - 1] for b in bands}
     if dtypes != {"uint8"}:
-        raise InputRasterError(
-            f"input {path!r} is {'/'.join(sorted(dtypes))}, but the model takes 8-bit map "
-            "renderings (RGB, grey or paletted): convert it first, e.g. "
-            "gdal_translate -ot Byte -scale in.tif in8.tif"
-        )
+        raise _not_8bit(ds, path, bands, "/".join(sorted(dtypes)))
     if len(bands) == 1 and ds.colorinterp[bands[0] - 1] == ColorInterp.palette:
         lut = _colormap_lut(ds, bands[0])
     has_mask = alpha is not None or any(
         MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in bands
     )
     return MapRaster(ds, path, bands, lut, alpha, has_mask, georef)
+
+
+#: Pixels read (at most, decimated) to describe the values of a raster that is refused.
+SAMPLE_SIDE = 512
+
+
+def _not_8bit(ds, path: str, bands: tuple[int, ...], dtype: str) -> InputRasterError:
+    """The error for 16-bit, 32-bit and float rasters, with their sampled value range in
+    the suggested conversion (and NaN named: it is the usual nodata of float rasters)."""
+    rule = "the model takes 8-bit map renderings (RGB, grey or paletted)"
+    h, w = min(ds.height, SAMPLE_SIDE), min(ds.width, SAMPLE_SIDE)
+    # Decimated over the whole raster while that reads little; else its central window.
+    small = ds.height * ds.width <= 16 * SAMPLE_SIDE**2
+    win = None if small else Window((ds.width - w) // 2, (ds.height - h) // 2, w, h)
+    try:
+        sample = ds.read(bands, window=win, out_shape=(len(bands), h, w)).astype(np.float64)
+    except RasterioIOError:
+        sample = np.full((1, 1), np.nan)
+    nan = np.isnan(sample)
+    nodata = ds.nodata is not None and not np.isnan(ds.nodata) and bool((sample == ds.nodata).any())
+    finite = sample[np.isfinite(sample) & ((sample != ds.nodata) if nodata else True)]
+    if not finite.size:
+        what = "NaN" if nan.all() else "NaN, infinite or nodata"
+        return InputRasterError(
+            f"input {path!r} is {dtype} and every sampled pixel is {what}: there is nothing to "
+            "render; check how the file was made (an empty or failed export?)"
+        )
+    lo, hi = f"{finite.min():g}", f"{finite.max():g}"
+    if nan.any() or nodata:
+        what = "NaN" if nan.any() else f"nodata ({ds.nodata:g})"
+        return InputRasterError(
+            f"input {path!r} is {dtype} with {what} pixels (other values {lo} to {hi}), but {rule}: "
+            f"convert it first, keeping them as nodata, e.g. gdal_translate -ot Byte -scale {lo} {hi} 1 255 "
+            "-a_nodata 0 in.tif in8.tif"
+        )
+    return InputRasterError(
+        f"input {path!r} is {dtype} (values {lo} to {hi}), but {rule}: convert it first, e.g. "
+        f"gdal_translate -ot Byte -scale {lo} {hi} 0 255 in.tif in8.tif"
+    )
 
 
 def _colormap_lut(ds, band: int) -> np.ndarray:
@@ -297,7 +360,7 @@ def open_output(path: str | os.PathLike, profile: dict):
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse outputs that would lose data or cannot be written, before any work."""
     dst_p = Path(dst)
-    if dst_p.exists() and Path(src).exists() and dst_p.resolve() == Path(src).resolve():
+    if dst_p.exists() and Path(src).exists() and os.path.samefile(src, dst_p):  # links too
         raise OutputPathError(f"output {str(dst)!r} is the input file: choose another output path")
     if dst_p.is_dir():
         raise OutputPathError(f"output {str(dst)!r} is a directory: give a file name such as out.tif")
@@ -317,6 +380,122 @@ def _remove_with_side_files(path: Path) -> None:
             p.unlink()
 
 
+#: errno values of a write that failed for want of room or of permission.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def write_failure(dst: str | os.PathLike, reason: str, err: int | None = None) -> OutputPathError:
+    """The one-line error for an output that could not be written, with the likely cause."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limited = limit != resource.RLIM_INFINITY
+    except ImportError:  # Windows: no file-size limits
+        limit, limited = None, False
+    dst = Path(dst)
+    folder = dst.parent if str(dst.parent) else Path(".")
+    if err is None:  # GDAL's messages carry the OS's words, not its errno
+        err = next((e for e in sorted(WRITE_ERRNOS) if os.strerror(e) in reason), None)
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        usage = None
+    if err in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = f"the folder {str(folder)!r} is not writable: choose another output folder"
+    elif limited and err in (errno.EFBIG, None):
+        cause = (f"the file-size limit (ulimit -f) of {limit} bytes was reached: raise it, or write "
+                 "a smaller output (--compress, a smaller area)")
+    elif err == errno.EFBIG:
+        cause = ("the file is larger than its filesystem allows (FAT32 stops at 4 GiB): write to "
+                 "another disk, or a smaller output")
+    elif usage is not None and (err in (errno.ENOSPC, errno.EDQUOT)
+                                or usage.free < max(100 * 2**20, usage.total // 100)):
+        cause = (f"the disk holding {str(folder)!r} is full ({usage.free / 2**20:.0f} MiB free): "
+                 "free some space or write elsewhere")
+    else:
+        cause = "check the disk and the folder, or write elsewhere"
+    return OutputPathError(f"could not write {str(dst)!r} ({reason}); {cause}; "
+                           f"{str(dst)!r} was left as it was")
+
+
+@contextmanager
+def output_errors(dst: str | os.PathLike):
+    """Turn errors raised while writing the output (by GDAL, or the OS: disk full, file
+    too large, permission) into :class:`OutputPathError` naming ``dst``.
+
+    Errors of the input are already :class:`InputRasterError` and pass through, as does
+    every other geo-pix2pix error; unexpected errors (bugs) keep their traceback.
+    """
+    try:
+        yield
+    except (InputRasterError, OutputPathError):
+        raise
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise write_failure(dst, _first_line(exc)) from None
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(dst, exc.strerror or _first_line(exc), exc.errno) from None
+
+
+def verify_written(path: str | os.PathLike, dst: str | os.PathLike | None = None) -> None:
+    """Check that the raster GDAL wrote at ``path`` is whole: if not, raise
+    :func:`write_failure` for ``dst`` (``None``: a ``RasterioIOError`` for an enclosing
+    :func:`output_errors` to name the output).
+
+    GDAL logs, but does not raise, some write errors (a disk that fills up while it
+    flushes its cache or closes the file): the file is then left without some blocks
+    or with a damaged directory. A GeoTIFF is checked block by block, at every
+    overview level, in its directory (each block on disk, inside the file: cheap); any
+    other format is decoded in full.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RioNotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                levels = len(ds.overviews(1)) if ds.driver == "GTiff" else 0
+                if ds.driver != "GTiff":
+                    for y in range(0, ds.height, 256):
+                        ds.read(window=Window(0, y, ds.width, min(256, ds.height - y)))
+                    return
+            for level in [None, *range(levels)]:
+                with rasterio.open(path, overview_level=level) as ds:
+                    bad = _missing_block(ds, size)
+                if bad:
+                    where = "" if level is None else f" of overview {level + 1}"
+                    raise RasterioIOError(f"{path.name}: block {bad}{where} is missing or cut short")
+    except (RasterioError, CPLE_BaseError) as exc:
+        if dst is None:
+            raise
+        raise write_failure(dst, _first_line(exc)) from None
+
+
+def _missing_block(ds, file_size: int) -> str | None:
+    """``"x,y"`` of the first block of ``ds`` not wholly inside the file, or None."""
+    by, bx = ds.block_shapes[0]
+    bands = range(1, ds.count + 1) if ds.interleaving and ds.interleaving.name == "BAND" else (1,)
+    for b in bands:
+        for y in range(math.ceil(ds.height / by)):
+            for x in range(math.ceil(ds.width / bx)):
+                off = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b)
+                n = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b)
+                if not off or not n or int(off) <= 0 or int(n) <= 0 or int(off) + int(n) > file_size:
+                    return f"{x},{y}"
+    return None
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def scratch_path(dst: str | os.PathLike, tag: str, suffix: str = ".tif"):
     """Yield a hidden temporary path beside ``dst``, always removed on exit."""
@@ -329,18 +508,32 @@ def scratch_path(dst: str | os.PathLike, tag: str, suffix: str = ".tif"):
 
 
 @contextmanager
-def atomic_output(dst: str | os.PathLike, suffix: str | None = None):
+def atomic_output(dst: str | os.PathLike, suffix: str | None = None, check: bool = True):
     """Yield a temporary path beside ``dst``; rename it onto ``dst`` only on success.
 
     On any exception (including KeyboardInterrupt) the temporary file and its GDAL
-    side files are removed and ``dst`` is left exactly as it was.
+    side files are removed and ``dst`` is left exactly as it was. Before the rename the
+    file is checked (``check``, for rasters: :func:`verify_written`; GDAL reports some
+    write errors, such as a full disk while closing a file, only in its log) and flushed
+    to disk, so ``dst`` is never replaced by a damaged file, even by a power cut just
+    after the rename.
     """
     dst = Path(dst)
     suffix = suffix if suffix is not None else dst.suffix
     tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
         yield tmp
+        if check:
+            verify_written(tmp, dst)
+        try:
+            _fsync(tmp)
+        except OSError as exc:  # a network filesystem may report a full disk only now
+            raise write_failure(dst, exc.strerror or str(exc), exc.errno) from None
         os.replace(tmp, dst)
+        try:
+            _fsync(dst.parent)
+        except OSError:
+            pass  # some filesystems cannot fsync a folder; the rename is done either way
         aux = Path(str(tmp) + ".aux.xml")
         if aux.exists():
             os.replace(aux, Path(str(dst) + ".aux.xml"))

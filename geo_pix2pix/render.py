@@ -47,8 +47,10 @@ from .raster import (
     ground_resolution,
     open_map_raster,
     open_output,
+    output_errors,
     output_profile,
     scratch_path,
+    verify_written,
 )
 from .tiling import DEFAULT_OVERLAP
 
@@ -109,7 +111,7 @@ def render(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    model: nn.Module | None = None,
+    model: nn.Module | str | os.PathLike | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -121,28 +123,42 @@ def render(
     cog: bool = False,
     compress: str = "deflate",
     overviews: bool = True,
+    client=None,
 ) -> RenderResult:
     """Render the map raster ``src`` into the synthetic aerial image ``dst``.
 
     ``model`` is a :class:`~geo_pix2pix.model.Pix2PixModel` from :func:`load_model`
     (``None``: the default model) or any ``nn.Module`` mapping (N, 3, H, W) in [-1, 1]
     to the same shape; a plain module has no ground resolution, so nothing is
-    resampled for it. ``progress(done, total)`` is called after every batch of tiles.
+    resampled for it; a checkpoint path is loaded. ``progress(done, total)`` is called
+    after every batch of tiles.
+
+    ``client``: a ``distributed.Client``, a scheduler address (``tcp://HOST:PORT``) or
+    ``local:N`` (N local workers): tile rows are rendered on that Dask cluster and
+    written here, with the same output (:mod:`geo_pix2pix.render_cluster`). Workers
+    load ``model`` from its path (None: the default model) or get a module scattered
+    to them; the input's path must be readable on every worker.
     """
     overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     dst = check_output_path(src, dst, overwrite)
     kind = _output_kind(dst, cog)
-    if model is None:
-        model = load_model(None, device)
-    elif device is not None:
-        from .devices import resolve_device
-
-        model = model.to(resolve_device(device))
-    model.eval()
-    _check_options(tile_size, overlap, batch_size, model)
-
     with ExitStack() as stack:
+        remote = None
+        if client is not None:
+            from .render_cluster import RemoteRender
+
+            remote = stack.enter_context(RemoteRender.open(client, model, device))
+            model = remote.model
+        elif model is None or isinstance(model, (str, os.PathLike)):
+            model = load_model(model, device)
+        elif device is not None:
+            from .devices import resolve_device
+
+            model = model.to(resolve_device(device))
+        model.eval()
+        _check_options(tile_size, overlap, batch_size, model)
+
         if "GDAL_CACHEMAX" not in os.environ:
             # GDAL's default block cache is 5 % of RAM; render reads and writes in strips
             # and needs little, so keep memory flat unless the user configured it.
@@ -151,16 +167,21 @@ def render(
         in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
                                    raster.width, raster.height) if raster.georeferenced else None
         model_res = getattr(model, "ground_resolution", None)
-        grid_raster, resampled = raster, False
+        grid_raster, resampled, factor = raster, False, None
         if in_res and model_res and abs(in_res / model_res - 1) > RESOLUTION_TOLERANCE:
-            grid_raster = stack.enter_context(_on_model_grid(raster, in_res / model_res))
+            factor = in_res / model_res
+            grid_raster = stack.enter_context(_on_model_grid(raster, factor))
             resampled = True
             log.info("resampling %s from %.3g to %.3g m/px for the model", src, in_res, model_res)
 
         final_tmp = stack.enter_context(atomic_output(dst))
+        stack.enter_context(output_errors(dst))  # disk full, file too large… → one-line error
         gtiff_tmp = stack.enter_context(scratch_path(dst, "grid"))
+        pipe = None if remote is None else remote.pipeline(
+            src, bands, factor, grid_raster.height, grid_raster.width, tile_size=tile_size, overlap=overlap,
+            batch_size=batch_size, progress=progress)
         rendered = _render_to_gtiff(grid_raster, gtiff_tmp, model, tile_size, overlap,
-                                    batch_size, progress, compress)
+                                    batch_size, progress, compress, pipe)
         if resampled and not model_grid:
             back_tmp = stack.enter_context(scratch_path(dst, "back"))
             _warp_back(gtiff_tmp, raster, back_tmp, compress)
@@ -206,7 +227,10 @@ class _on_model_grid:
 
 
 def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size: int, overlap: int,
-                     batch_size: int, progress: ProgressCallback | None, compress: str):
+                     batch_size: int, progress: ProgressCallback | None, compress: str, pipe=None):
+    """Render ``raster`` into the GeoTIFF ``path`` on its own grid; ``pipe``: rows from
+    elsewhere (a cluster, :class:`render_cluster.ClusterRowPipeline`) instead of a local
+    :class:`TilePipeline`."""
     ds = raster.dataset
     profile = output_profile(raster, width=raster.width, height=raster.height,
                              transform=ds.transform, crs=ds.crs, compress=compress)
@@ -214,8 +238,9 @@ def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size:
         profile.pop("crs")  # a transform without CRS is kept; a missing one stays missing
     if ds.transform.is_identity:
         profile.pop("transform")
-    pipe = TilePipeline(raster, model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                        progress=progress)
+    if pipe is None:
+        pipe = TilePipeline(raster, model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                            progress=progress)
     with open_output(path, profile) as out:
         writer = _BlockRowWriter(out, raster)
         for first, rows in pipe:
@@ -289,6 +314,7 @@ def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: s
     src = raster.dataset
     profile = output_profile(raster, width=src.width, height=src.height, transform=src.transform,
                              crs=src.crs, compress=compress)
+    verify_written(model_grid_path)  # a block lost to a full disk would read back as zeros
     with rasterio.open(model_grid_path) as rendered, WarpedVRT(
         rendered, crs=src.crs, transform=src.transform, width=src.width, height=src.height,
         resampling=Resampling.cubic,
@@ -311,6 +337,11 @@ def _build_overviews(path: Path) -> None:
         if factors:
             ds.build_overviews(factors, Resampling.average)
             ds.update_tags(ns="rio_overview", resampling="average")
+    if factors:
+        with rasterio.open(path) as ds:
+            made = ds.overviews(1)
+        if made != factors:  # GDAL logs, but does not raise, a failed write of the overviews
+            raise rasterio.errors.RasterioIOError(f"{path.name}: overviews {made} written of {factors}")
 
 
 def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None:
@@ -320,6 +351,7 @@ def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None
                    "BIGTIFF": "IF_SAFER"}
     elif driver == "JPEG":
         options = {"quality": 90}
+    verify_written(src_path)  # a block lost to a full disk would read back as zeros
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RioNotGeoreferencedWarning)
         with rasterio.open(src_path) as ds:

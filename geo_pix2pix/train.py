@@ -13,6 +13,10 @@ Everything a resumed run needs to continue exactly is in the checkpoint: both
 networks, both optimisers, the step, the data sampler's RNG and torch's global RNG
 (dropout). Metrics go to ``metrics.jsonl`` in the run folder, sample grids
 (map | generated | real) to ``samples/``.
+
+Under ``torchrun`` the trainer runs data-parallel (:mod:`geo_pix2pix.ddp`): both networks
+in DistributedDataParallel, each process on its own share of the tiles, rank 0 writing
+checkpoints (of the unwrapped networks: they resume in one process), metrics and samples.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import ddp
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Jitter, JitteredPairs, PairSource, fixed_pairs, split_names, to_uint8
 from .devices import autocast, resolve_device
@@ -88,13 +93,15 @@ class Trainer:
             raise OptionError(f"--val-fraction {config.val_fraction} must be in [0, 1)")
         self.config = config
         self.out = Path(out_dir)
-        self.device = resolve_device(device)
+        #: the torchrun job this trainer is part of (None: a single process)
+        self.dist = ddp.from_env()
+        self.device = ddp.setup(self.dist, device) if self.dist else resolve_device(device)
         self.source = source
         train_idx, val_idx = split_names(source.names, config.val_fraction)
         self.train_idx, self.val_idx = train_idx, val_idx
-        self.data = JitteredPairs(source, train_idx,
+        self.data = JitteredPairs(source, ddp.shard(train_idx, self.dist),
                                   Jitter(config.load_size, config.crop_size, config.flip),
-                                  seed=config.seed)
+                                  seed=ddp.rank_seed(config.seed, self.dist))
         torch.manual_seed(config.seed)
         self.G = Generator(generator_config or GeneratorConfig()).to(self.device)
         self.D = Discriminator(discriminator_config or DiscriminatorConfig()).to(self.device)
@@ -105,6 +112,26 @@ class Trainer:
         self.bce = nn.BCEWithLogitsLoss()
         self.state = TrainState()
         self.provenance = dict(provenance or {})
+        # What a step runs: the networks themselves, or their DDP wrappers under torchrun
+        # (self.G and self.D stay the plain networks: checkpoints, validation, samples).
+        self.g_step, self.d_step = self.G, self.D
+        if self.dist is not None:
+            self.g_step, self.d_step = ddp.wrap(self.G, self.device), ddp.wrap(self.D, self.device)
+            torch.manual_seed(ddp.rank_seed(config.seed, self.dist))  # dropout differs per rank
+
+    @property
+    def main(self) -> bool:
+        """True in the process that writes (rank 0, or the only process)."""
+        return self.dist is None or self.dist.main
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.dist is None else self.dist.world_size
+
+    def close(self) -> None:
+        """Leave the torchrun process group, if this trainer joined one."""
+        if self.dist is not None:
+            ddp.teardown()
 
     # -- learning rate ---------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -125,18 +152,19 @@ class Trainer:
         map_, real = (t.to(self.device, non_blocking=True) for t in self.data.sample(c.batch_size))
 
         with autocast(self.device, c.amp):
-            fake = self.G(map_)
+            fake = self.g_step(map_)
             # D: real pairs → 1, generated pairs → 0; the objective is halved as in the paper.
-            pred_fake = self.D(map_, fake.detach())
-            pred_real = self.D(map_, real)
+            pred_fake = self.d_step(map_, fake.detach())
+            pred_real = self.d_step(map_, real)
             loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
                             + self.bce(pred_real, torch.ones_like(pred_real)))
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
 
-        with autocast(self.device, c.amp):
-            pred_fake = self.D(map_, fake)
+        # D's gradients from the G loss are not used: under DDP, do not average them.
+        with autocast(self.device, c.amp), _no_sync(self.d_step):
+            pred_fake = self.d_step(map_, fake)
             loss_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
             loss_l1 = (fake.float() - real).abs().mean()
             loss_g = loss_gan + c.l1_weight * loss_l1
@@ -164,7 +192,8 @@ class Trainer:
         p = dict(self.provenance)
         p.update(
             steps=self.state.step,
-            samples_seen=self.state.step * self.config.batch_size,
+            samples_seen=self.state.step * self.config.batch_size * self.world_size,
+            processes=self.world_size,
             wall_seconds=round(self.state.wall_seconds, 1),
             recipe=json.dumps({k: v for k, v in asdict(self.config).items()
                                if k in ("batch_size", "lr", "beta1", "l1_weight", "load_size",
@@ -176,6 +205,8 @@ class Trainer:
         return p
 
     def save(self, path: Path, *, full: bool = True) -> None:
+        if not self.main:
+            return  # rank 0 writes; every rank holds the same weights
         save_checkpoint(
             path, self.G, discriminator=self.D,
             ground_resolution=self.config.ground_resolution,
@@ -211,6 +242,11 @@ class Trainer:
         torch.set_rng_state(t["torch_rng"])
         self.state.step = int(t["step"])
         self.state.wall_seconds = float(t["wall_seconds"])
+        if not self.main:
+            # The checkpoint holds rank 0's random streams; the others derive theirs.
+            seed = ddp.rank_seed(self.config.seed, self.dist, self.state.step)
+            self.data.rng.manual_seed(seed)
+            torch.manual_seed(seed)
 
     # -- looking at progress ----------------------------------------------------------
     @torch.no_grad()
@@ -248,7 +284,7 @@ class Trainer:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.out / "last.pt"
-        metrics = (self.out / "metrics.jsonl").open("a")
+        metrics = (self.out / "metrics.jsonl").open("a") if self.main else None
         t_ckpt = time.monotonic()
         t_log, step_log = time.monotonic(), self.state.step
         running: dict[str, float] = {}
@@ -265,27 +301,33 @@ class Trainer:
                 if s % c.log_every == 0 or s == c.steps:
                     n = s - step_log
                     rate = n / max(time.monotonic() - t_log, 1e-9)
+                    if self.dist is not None:  # every rank reaches this step: average the losses
+                        running = ddp.mean_across(running, self.device)
                     rec = {"step": s, **{k: round(v / n, 5) for k, v in running.items()},
                            "lr": self.lr_at(s), "steps_per_s": round(rate, 3),
                            "wall_seconds": round(self.state.wall_seconds, 1)}
-                    if c.val_every and s % c.val_every == 0:
+                    if self.main and c.val_every and s % c.val_every == 0:
                         rec.update(self.validate())
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
+                    if metrics is not None:
+                        metrics.write(json.dumps(rec) + "\n")
+                        metrics.flush()
                     if progress is not None:
                         progress(s, rec)
                     running, t_log, step_log = {}, time.monotonic(), s
-                if c.sample_every and s % c.sample_every == 0:
+                if self.main and c.sample_every and s % c.sample_every == 0:
                     self.save_samples()
                 if (s % c.checkpoint_every == 0
                         or time.monotonic() - t_ckpt > 60 * c.checkpoint_minutes):
                     self.save(last)
                     t_ckpt = time.monotonic()
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             self.save(last)  # also on Ctrl-C: the run resumes from here
         final = self.out / "model.pt"
         self.save(final, full=False)
+        if self.dist is not None:
+            ddp.barrier()  # the other ranks end when rank 0's checkpoints are written
         return final
 
 
@@ -298,7 +340,17 @@ def train(source: PairSource, out_dir: str | Path, config: TrainConfig | None = 
     """Train (or continue training) a model; returns the path of the final checkpoint."""
     trainer = Trainer(source, out_dir, config or TrainConfig(), generator_config,
                       discriminator_config, device, provenance)
-    if resume is not None:
-        trainer.resume(resume)
-    return trainer.fit(progress)
+    try:
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit(progress)
+    finally:
+        trainer.close()
+
+
+def _no_sync(module: nn.Module):
+    """``module.no_sync()`` for a DDP wrapper; a no-op context for a plain module."""
+    from contextlib import nullcontext
+
+    return module.no_sync() if hasattr(module, "no_sync") else nullcontext()
 

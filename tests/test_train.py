@@ -17,8 +17,9 @@ TINY_G = GeneratorConfig(base_width=4, norm="instance")
 TINY_D = DiscriminatorConfig(base_width=4, norm="instance")
 
 
-def make_pairs(folder, n=6, size=64, side_by_side=True):
-    """Synthetic pairs: the 'aerial' is a darker, noisier copy of the 'map'."""
+def make_pairs(folder, n=6, size=256, side_by_side=True):
+    """Synthetic pairs: the 'aerial' is a darker, noisier copy of the 'map' (tiles of at least
+    the 256 px crop: smaller ones are refused)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -45,7 +46,7 @@ def test_side_by_side_direction(tmp_path):
     make_pairs(tmp_path / "d", n=2)
     src = SideBySideFolder(tmp_path / "d", "BtoA")
     m, a = src[0]
-    assert m.shape == a.shape == (64, 64, 3)
+    assert m.shape == a.shape == (256, 256, 3)
     assert m.mean() > a.mean()  # the map (right half) is the brighter one
     m2, a2 = SideBySideFolder(tmp_path / "d", "AtoB")[0]
     assert np.array_equal(m2, a) and np.array_equal(a2, m)

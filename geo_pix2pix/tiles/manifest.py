@@ -28,6 +28,7 @@ import mercantile
 from torch import nn
 
 from ..errors import DestinationBusyError, OutputPathError
+from .sinks import store_errors
 
 __all__ = ["DestinationLock", "Manifest", "model_identity", "settings_digest", "tile_key", "work_dir"]
 
@@ -114,6 +115,9 @@ class Manifest:
                 " PRIMARY KEY (z, x, y)) WITHOUT ROWID;"
                 "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);")
             self.db.commit()
+        except sqlite3.OperationalError:  # a full disk, a read-only folder: not damage
+            with store_errors(path):
+                raise
         except sqlite3.DatabaseError as exc:
             raise OutputPathError(f"the manifest {str(path)!r} is damaged ({exc}): delete it and rerun "
                                   "(every tile will be made again)") from None
@@ -125,20 +129,24 @@ class Manifest:
         return {(x, y): (key, status) for x, y, key, status in rows}
 
     def record(self, t: mercantile.Tile, key: str, status: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)", (t.z, t.x, t.y, key, status))
+        with store_errors(self.path):
+            self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)", (t.z, t.x, t.y, key, status))
 
     def forget(self, t: mercantile.Tile) -> None:
-        self.db.execute("DELETE FROM tiles WHERE z=? AND x=? AND y=?", (t.z, t.x, t.y))
+        with store_errors(self.path):
+            self.db.execute("DELETE FROM tiles WHERE z=? AND x=? AND y=?", (t.z, t.x, t.y))
 
     def meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, **values: str) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+        with store_errors(self.path):
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
     def commit(self) -> None:
-        self.db.commit()
+        with store_errors(self.path):
+            self.db.commit()
 
     def close(self) -> None:
         self.db.close()

@@ -111,6 +111,7 @@ def make_tiles(
     expire: Iterable[str] | str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
     options: TileOptions | None = None,
+    client=None,
     **kwargs,
 ) -> TilesResult:
     """Make (or bring up to date) the XYZ tile cache ``dest`` from the map tiles ``source``.
@@ -119,8 +120,11 @@ def make_tiles(
     ``None`` for the shipped default model; :class:`CopyModel` copies the source's
     pixels. ``expire``: lines (or a file of lines) ``z/x/y`` naming changed source
     tiles; only tiles reading them are looked at, and they are made again.
-    ``progress(done, total)`` counts requested tiles. Other keywords are
-    :class:`TileOptions` fields (``fmt``, ``meta_size``, ``buffer``, ``workers``…).
+    ``progress(done, total)`` counts requested tiles. ``client``: a
+    ``distributed.Client``, a scheduler address (``tcp://HOST:PORT``) or ``local:N``:
+    metatiles run as tasks on that Dask cluster (``workers`` is then unused) and come
+    back to the one writer here. Other keywords are :class:`TileOptions` fields
+    (``fmt``, ``meta_size``, ``buffer``, ``workers``…).
     """
     start = time.monotonic()
     opts = replace(options or TileOptions(), **kwargs)
@@ -128,6 +132,8 @@ def make_tiles(
     kind = sink_kind(dest)
     dest = Path(dest)
     _check_dest(dest, kind)
+    if client is not None and not isinstance(source, TileSource) and os.path.exists(source):
+        source = os.path.abspath(source)  # Dask workers open it, from their own working folder
     src = source if isinstance(source, TileSource) else open_source(source, opts.bands)
     try:
         if area is None:
@@ -153,7 +159,7 @@ def make_tiles(
         settings = RenderSettings(grid, opts.fmt, opts.quality, settings_digest(
             model=model_identity(model), render_zoom=zn, buffer=grid.buffer, margin=grid.margin, fmt=opts.fmt,
             quality=opts.quality if opts.fmt != "png" else None))
-        run = _write_cache(src, dest, kind, plan, model, spec, settings, opts, expired, progress)
+        run = _write_cache(src, dest, kind, plan, model, spec, settings, opts, expired, progress, client)
     finally:
         src.close()
     c = run.counts
@@ -162,7 +168,7 @@ def make_tiles(
 
 
 def _write_cache(src, dest: Path, kind: str, plan: Plan, model, spec, settings: RenderSettings,
-                 opts: TileOptions, expired, progress) -> _Run:
+                 opts: TileOptions, expired, progress, client=None) -> _Run:
     work = work_dir(dest, kind)
     ours = (work / "manifest.sqlite").exists()
     if dest.exists() and not ours and not (kind == "xyz" and not any(dest.iterdir())):
@@ -185,7 +191,7 @@ def _write_cache(src, dest: Path, kind: str, plan: Plan, model, spec, settings: 
             if any(not plan.requested(z) for z in plan.stored_levels):
                 hidden = MBTilesSink(work / "hidden.mbtiles", fmt)
             run = _Run(plan, manifest, sink, hidden, progress)
-            base_keys = _base_pass(run, src, model, settings, spec, opts.workers, opts.force, expired)
+            base_keys = _base_pass(run, src, model, settings, spec, opts.workers, opts.force, expired, client)
             _overview_pass(run, base_keys, settings, opts.force)
             changed = run.counts["rendered"] + run.counts["empty"] > 0 or not dest.exists()
             if changed or kind != "pmtiles":
@@ -257,7 +263,7 @@ def _expired(expire, zn: int, grid: ChipGrid, plan: Plan) -> frozenset[mercantil
     return frozenset(d for c in changed for d in grid.dependents(c) if d in base)
 
 
-def _base_pass(run: _Run, src, model, settings, spec, workers, force, expired) -> dict:
+def _base_pass(run: _Run, src, model, settings, spec, workers, force, expired, client=None) -> dict:
     """Run the metatile jobs; return every render-zoom tile's key (None: failed)."""
     plan, old = run.plan, run.old
     keys: dict = {}
@@ -280,7 +286,7 @@ def _base_pass(run: _Run, src, model, settings, spec, workers, force, expired) -
             yield MetaJob(i, bases, fams, known, forced)
 
     fams_of: dict = {}
-    for result in run_jobs(_remember(jobs(), fams_of), src, model, settings, workers, spec):
+    for result in run_jobs(_remember(jobs(), fams_of), src, model, settings, workers, spec, client):
         made = {t: data for t, _, data in result.outputs}
         failed = dict(result.failed)
         for b, fam in fams_of.pop(result.index):

@@ -14,20 +14,22 @@ All sinks share one small interface (``put``, ``get``, ``delete``, ``present``,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mercantile
 
 from .. import __version__
-from ..errors import OutputPathError, TileSourceError
+from ..errors import DestinationBusyError, OutputPathError, TileSourceError
 from .imaging import FORMATS
 
-__all__ = ["MBTilesSink", "PMTilesSink", "TileSetInfo", "XYZSink", "sink_kind"]
+__all__ = ["MBTilesSink", "PMTilesSink", "TileSetInfo", "XYZSink", "sink_kind", "store_errors"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,33 @@ def sink_kind(dest: str | os.PathLike) -> str:
     """``xyz``, ``mbtiles`` or ``pmtiles``, from DEST's suffix (a folder otherwise)."""
     suffix = Path(dest).suffix.lower()
     return {".mbtiles": "mbtiles", ".pmtiles": "pmtiles"}.get(suffix, "xyz")
+
+
+#: What a rerun needs to know after a failed write: nothing written is lost.
+RESUME = "the tiles written so far are kept and a rerun resumes"
+
+
+@contextmanager
+def store_errors(path: Path):
+    """Turn the errors of writing a tile store into one-line errors: another program holding
+    an MBTiles file's lock (QGIS, sqlite3…), a full disk, a read-only folder."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DestinationBusyError(
+                f"{str(path)!r} is locked by another program ({exc}): close the program that has it "
+                f"open for writing (QGIS, sqlite3, a tile server) and rerun; {RESUME}") from None
+        raise OutputPathError(f"could not write {str(path)!r} ({exc}): free some space or choose another "
+                              f"DEST; {RESUME}") from None
+    except sqlite3.DatabaseError as exc:
+        raise OutputPathError(f"{str(path)!r} is not a writable MBTiles (SQLite) file ({exc}): "
+                              "choose another DEST") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise OutputPathError(f"could not write {str(exc.filename or path)!r} ({exc.strerror}): free some "
+                              f"space or choose another DEST; {RESUME}") from None
 
 
 #: MBTiles 1.3 spells JPEG "jpg".
@@ -87,12 +116,13 @@ class XYZSink:
 
     def put(self, t: mercantile.Tile, data: bytes) -> None:
         path = self.path(t)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            with store_errors(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -120,22 +150,24 @@ class MBTilesSink:
 
     def __init__(self, path: str | os.PathLike, fmt: str) -> None:
         self.path, self.fmt = Path(path), fmt
+        self.db = None
         try:
-            self.db = sqlite3.connect(self.path, isolation_level="DEFERRED")
-            self.db.executescript(
-                "CREATE TABLE IF NOT EXISTS metadata (name TEXT, value TEXT);"
-                "CREATE UNIQUE INDEX IF NOT EXISTS metadata_name ON metadata (name);"
-                "CREATE TABLE IF NOT EXISTS tiles (zoom_level INTEGER, tile_column INTEGER,"
-                " tile_row INTEGER, tile_data BLOB);"
-                "CREATE UNIQUE INDEX IF NOT EXISTS tile_index ON tiles (zoom_level, tile_column, tile_row);")
-            self.db.commit()
-        except sqlite3.DatabaseError as exc:
-            raise OutputPathError(f"{str(path)!r} is not a writable MBTiles (SQLite) file ({exc}): "
-                                  "choose another DEST") from None
-        have = self.db.execute("SELECT value FROM metadata WHERE name='format'").fetchone()
-        if have and have[0] != MBTILES_FORMATS[fmt]:
-            raise OutputPathError(f"{str(path)!r} holds {have[0]} tiles, not {fmt}: pass --format "
-                                  f"{have[0].replace('jpg', 'jpeg')} or choose another DEST")
+            with store_errors(self.path):
+                self.db = sqlite3.connect(self.path, isolation_level="DEFERRED")
+                self.db.executescript(
+                    "CREATE TABLE IF NOT EXISTS metadata (name TEXT, value TEXT);"
+                    "CREATE UNIQUE INDEX IF NOT EXISTS metadata_name ON metadata (name);"
+                    "CREATE TABLE IF NOT EXISTS tiles (zoom_level INTEGER, tile_column INTEGER,"
+                    " tile_row INTEGER, tile_data BLOB);"
+                    "CREATE UNIQUE INDEX IF NOT EXISTS tile_index ON tiles (zoom_level, tile_column, tile_row);")
+                self.db.commit()
+                have = self.db.execute("SELECT value FROM metadata WHERE name='format'").fetchone()
+            if have and have[0] != MBTILES_FORMATS[fmt]:
+                raise OutputPathError(f"{str(path)!r} holds {have[0]} tiles, not {fmt}: pass --format "
+                                      f"{have[0].replace('jpg', 'jpeg')} or choose another DEST")
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _row(t: mercantile.Tile) -> tuple[int, int, int]:
@@ -143,20 +175,25 @@ class MBTilesSink:
 
     def present(self, z: int) -> set[tuple[int, int]]:
         n = 2**z - 1
-        return {(x, n - r) for x, r in self.db.execute(
-            "SELECT tile_column, tile_row FROM tiles WHERE zoom_level=?", (z,))}
+        with store_errors(self.path):
+            return {(x, n - r) for x, r in self.db.execute(
+                "SELECT tile_column, tile_row FROM tiles WHERE zoom_level=?", (z,))}
 
     def get(self, t: mercantile.Tile) -> bytes | None:
-        row = self.db.execute("SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? "
-                              "AND tile_row=?", self._row(t)).fetchone()
+        with store_errors(self.path):
+            row = self.db.execute("SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? "
+                                  "AND tile_row=?", self._row(t)).fetchone()
         return bytes(row[0]) if row else None
 
     def put(self, t: mercantile.Tile, data: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?)",
-                        (*self._row(t), sqlite3.Binary(data)))
+        with store_errors(self.path):
+            self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?)",
+                            (*self._row(t), sqlite3.Binary(data)))
 
     def delete(self, t: mercantile.Tile) -> None:
-        self.db.execute("DELETE FROM tiles WHERE zoom_level=? AND tile_column=? AND tile_row=?", self._row(t))
+        with store_errors(self.path):
+            self.db.execute("DELETE FROM tiles WHERE zoom_level=? AND tile_column=? AND tile_row=?",
+                            self._row(t))
 
     def all_tiles(self):
         """Every (Tile, data), in no particular order."""
@@ -165,7 +202,8 @@ class MBTilesSink:
             yield mercantile.Tile(x, 2**z - 1 - r, z), bytes(data)
 
     def commit(self) -> None:
-        self.db.commit()
+        with store_errors(self.path):
+            self.db.commit()
 
     def finish(self, info: TileSetInfo) -> None:
         lon, lat, cz = info.center
@@ -174,11 +212,13 @@ class MBTilesSink:
                 "minzoom": str(info.minzoom), "maxzoom": str(info.maxzoom), "attribution": info.attribution,
                 "description": info.description, "type": "baselayer", "version": "1.3",
                 "generator": f"geo-pix2pix {__version__}"}
-        self.db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?)", list(meta.items()))
-        self.db.commit()
+        with store_errors(self.path):
+            self.db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?)", list(meta.items()))
+            self.db.commit()
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
 
 class PMTilesSink:
@@ -213,7 +253,7 @@ class PMTilesSink:
                     "format": info.fmt, "type": "baselayer", "minzoom": info.minzoom, "maxzoom": info.maxzoom,
                     "generator": f"geo-pix2pix {__version__}"}
         try:
-            with open(tmp, "wb") as f:
+            with store_errors(self.path), open(tmp, "wb") as f:
                 writer = Writer(f)
                 for tile_id, t in entries:
                     writer.write_tile(tile_id, self.stage.get(t))

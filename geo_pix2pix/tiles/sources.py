@@ -144,13 +144,23 @@ class MBTilesFile(TileSource):
 
     def __init__(self, spec: str) -> None:
         super().__init__(spec)
-        with self._open() as db:
+        db = self._open()
+        try:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
             names = {r[0] for r in rows}
             if "tiles" not in names:
                 raise TileSourceError(f"{spec!r} is SQLite but has no 'tiles' table: it is not MBTiles")
             self._zooms = {r[0] for r in db.execute("SELECT DISTINCT zoom_level FROM tiles")}
             self.meta = dict(db.execute("SELECT name, value FROM metadata")) if "metadata" in names else {}
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TileSourceError(f"MBTiles {spec!r} is locked by another program ({exc}): close the "
+                                      "program writing to it (QGIS, sqlite3, a tile server) and rerun") from None
+            raise TileSourceError(f"MBTiles {spec!r} cannot be read ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise TileSourceError(f"MBTiles {spec!r} is not an SQLite file ({exc}): check the path") from None
+        finally:
+            db.close()
 
     def _open(self) -> sqlite3.Connection:
         try:

@@ -1,4 +1,5 @@
-"""Running metatile jobs: in this process, or in a pool of worker processes.
+"""Running metatile jobs: in this process, in a pool of worker processes, or on a Dask
+cluster (:mod:`.cluster`, when a client is given).
 
 Each worker loads the model once (from its weights file, or unpickled once from the
 main process) and opens the source lazily; jobs go out a few at a time and results
@@ -54,8 +55,14 @@ def _run_in_worker(job: MetaJob) -> MetaResult:
 
 
 def run_jobs(jobs: Iterable[MetaJob], source: TileSource, model: nn.Module, settings: RenderSettings,
-             workers: int = 1, spec: ModelSpec | None = None) -> Iterator[MetaResult]:
-    """Yield the result of every job; with ``workers > 1`` in completion order."""
+             workers: int = 1, spec: ModelSpec | None = None, client=None) -> Iterator[MetaResult]:
+    """Yield the result of every job; with ``workers > 1`` or a Dask ``client`` in
+    completion order."""
+    if client is not None:
+        from .cluster import run_jobs_on_cluster
+
+        yield from run_jobs_on_cluster(jobs, source, model, settings, client, spec)
+        return
     if workers <= 1:
         for job in jobs:
             yield run_metatile(job, source, model, settings)
