@@ -34,6 +34,9 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         signal.signal(signal.SIGTERM, _on_sigterm)
+        # A shell starts background jobs with SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: restore it, so `kill -INT` stops a render cleanly there too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except GeoPix2PixError as exc:
