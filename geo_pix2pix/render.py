@@ -194,8 +194,8 @@ def render(
             os.replace(result_tmp, final_tmp)
         else:
             _copy_as(result_tmp, final_tmp, kind, compress)
-        with rasterio.open(final_tmp) as out:
-            width, height = out.width, out.height
+        out_raster = grid_raster if resampled and model_grid else raster
+        width, height = out_raster.width, out_raster.height
     grid = rendered[0]
     return RenderResult(dst, width, height, len(grid), rendered[1], resampled, in_res, model_res)
 
