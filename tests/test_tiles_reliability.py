@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from clihelpers import assert_user_error, cli, message_lines
-from tilesdata import HELSINKI, Identity, bbox_of, block, read_tree, write_xyz
+from tilesdata import HELSINKI, Identity, bbox_of, block, read_tree, source_with_broken_tile, write_xyz
 
 from geo_pix2pix.tiles import make_tiles
 
@@ -80,10 +80,7 @@ def test_bad_zoom_bbox_or_aoi_is_one_line_and_writes_nothing(case, tmp_path):
 
 
 def test_unreadable_source_tile_is_reported_with_exit_code_3_and_retried(tmp_path):
-    tiles = block(16, HELSINKI.x, HELSINKI.y, 3, 3)
-    src = write_xyz(tmp_path / "src", tiles)
-    bad = tiles[4]
-    (src / f"16/{bad.x}/{bad.y}.png").write_bytes(b"\x89PNG broken")
+    tiles, src, bad = source_with_broken_tile(tmp_path)
     dest = tmp_path / "out"
     args = ["tiles", src, dest, "--zoom", "16", "--bbox", bbox_of(tiles), "--no-model", "--meta-size", "2"]
     result = cli(*args)

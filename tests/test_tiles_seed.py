@@ -21,6 +21,7 @@ from tilesdata import (
     decode,
     map_pixels,
     read_tree,
+    source_with_broken_tile,
     write_xyz,
 )
 
@@ -160,10 +161,7 @@ def test_expire_list_and_force(tmp_path):
 
 
 def test_unreadable_source_tile_is_skipped_and_reported(tmp_path):
-    tiles = block(16, HELSINKI.x, HELSINKI.y, 3, 3)
-    src = write_xyz(tmp_path / "src", tiles)
-    bad = tiles[4]
-    (src / f"16/{bad.x}/{bad.y}.png").write_bytes(b"\x89PNG broken")
+    tiles, src, bad = source_with_broken_tile(tmp_path)
     dest = tmp_path / "out"
     r = make_tiles(src, dest, zooms="16", model=Identity(), meta_size=2)
     assert (r.rendered, r.failed) == (8, 1)

@@ -89,3 +89,15 @@ class AtResolution(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
+
+
+def source_with_broken_tile(tmp: Path):
+    """A 3×3 XYZ source at zoom 16 whose centre tile is not a readable PNG.
+
+    Returns (tiles, source folder, the broken tile).
+    """
+    tiles = block(16, HELSINKI.x, HELSINKI.y, 3, 3)
+    src = write_xyz(tmp / "src", tiles)
+    bad = tiles[4]
+    (src / f"16/{bad.x}/{bad.y}.png").write_bytes(b"\x89PNG broken")
+    return tiles, src, bad
