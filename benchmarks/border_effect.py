@@ -52,7 +52,7 @@ def main() -> None:
         ref = run_batch(model, chw[None, :, rows, probe - 128 : probe + 128].copy())[0][:, :, 128]
         tiles = np.stack([chw[:, rows, probe - d : probe - d + 256] for d in distances])
         outs = run_batch(model, tiles)
-        for d, o in zip(distances, outs):
+        for d, o in zip(distances, outs, strict=True):
             diffs[d].append(np.abs(o[:, :, d] - ref).mean() * 127.5)
     print("distance from tile border (px) | mean |difference| at that column (grey levels, 0-255)")
     for d in distances:

@@ -16,6 +16,8 @@ needed to rebuild the networks and to use them correctly, as nanoGPT stores its
     inference         {"norm_mode": ..., "dropout": false}: how the model is run
     provenance        free-form str/number dict: data, recipe, steps, wall time
     training          optional: step, optimiser states, RNG state (for --resume)
+    int8              optional: activation ranges observed on map tiles, for the
+                      reduced-precision path (see ``quantize``)
 
 Weights may be stored in float16 to keep the shipped default model small; they are
 cast back to float32 on load.
@@ -51,6 +53,7 @@ class Checkpoint:
     discriminator_config: DiscriminatorConfig | None = None
     discriminator_state: dict[str, torch.Tensor] | None = None
     training: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None
     library_version: str = ""
     path: str | None = None
 
@@ -93,6 +96,7 @@ def save_checkpoint(
     provenance: dict[str, Any] | None = None,
     discriminator: Discriminator | None = None,
     training: dict[str, Any] | None = None,
+    int8: dict[str, Any] | None = None,
     half: bool = False,
 ) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
@@ -115,6 +119,8 @@ def save_checkpoint(
         payload["discriminator"] = pack(discriminator)
     if training is not None:
         payload["training"] = training
+    if int8 is not None:
+        payload["int8"] = int8
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -172,6 +178,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             discriminator_config=dconf,
             discriminator_state=dstate,
             training=payload.get("training"),
+            int8=payload.get("int8"),
             library_version=str(payload.get("library_version", "")),
             path=str(path),
         )
@@ -191,12 +198,14 @@ def export_checkpoint(
     keep_discriminator: bool = True,
     ground_resolution: float | None = None,
     provenance: dict[str, Any] | None = None,
+    int8: dict[str, Any] | None = None,
 ) -> Path:
     """Write a slim copy of ``src`` for shipping: no optimiser state, float16 weights.
 
     The discriminator is kept by default (it is small) so that training can be
     continued from the shipped file; ``ground_resolution`` and ``provenance`` entries
-    override those of ``src``.
+    override those of ``src``; so does ``int8`` (calibration from :mod:`quantize`), which
+    is otherwise carried over.
     """
     ckpt = load_checkpoint(src)
     prov = dict(ckpt.provenance)
@@ -207,5 +216,6 @@ def export_checkpoint(
         discriminator=ckpt.build_discriminator() if keep_discriminator else None,
         ground_resolution=ground_resolution if ground_resolution is not None else ckpt.ground_resolution,
         provenance=prov,
+        int8=int8 if int8 is not None else ckpt.int8,
         half=half,
     )

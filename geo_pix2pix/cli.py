@@ -82,6 +82,9 @@ batch_opt = click.option("--batch-size", "-b", type=int, default=None,
 overlap_opt = click.option("--overlap", type=int, default=None,
                            help="Overlap between neighbouring tiles, pixels [default: 64].")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+precision_opt = click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+                             help="int8: quantised CPU inference, several times faster, outputs differ "
+                                  "slightly (needs a calibrated checkpoint; the default model is).")
 scheduler_opt = click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
                              help="Run on a Dask cluster: a scheduler's address, or local:N to start N "
                                   "workers here (needs geo-pix2pix[dask]; see docs/scaling.md).")
@@ -106,6 +109,7 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
 @click.argument("dst", type=click.Path())
 @weights_opt
 @device_opt
+@precision_opt
 @batch_opt
 @overlap_opt
 @overwrite_opt
@@ -117,18 +121,21 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
               type=click.Choice(["deflate", "lzw", "zstd", "jpeg", "none"], case_sensitive=False))
 @scheduler_opt
 @click.pass_context
-def render(ctx, src, dst, weights, device, batch_size, overlap, overwrite, bands, model_grid, cog, compress,
-           scheduler):
+def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overwrite, bands, model_grid, cog,
+           compress, scheduler):
     """Render the map raster SRC into a synthetic aerial image DST.
 
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
     .png/.jpg for plain images.
     """
+    from .errors import OptionError
     from .model import load_model
     from .render import render as render_fn
 
+    if scheduler and precision != "fp32":
+        raise OptionError(f"--precision {precision} is not supported with --scheduler yet: use fp32 on a cluster")
     # On a cluster, each worker loads the checkpoint itself, by its path, on its --device.
-    model = weights if scheduler else load_model(weights, device)
+    model = weights if scheduler else load_model(weights, device, precision=precision)
     bar, update = _progress_bar(ctx, "render")
     with bar:
         result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size,
@@ -317,6 +324,65 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
 
 
 @main.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint to write: WEIGHTS with the int8 calibration added.")
+@weights_opt
+@click.option("--layout", type=click.Choice(["maps", "side-by-side", "folders"]), default="maps", show_default=True,
+              help="maps: DATA are map rasters or images; side-by-side / folders: DATA is a paired "
+                   "training folder, as for train (the map halves of its training split are used).")
+@click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="BtoA", show_default=True,
+              help="side-by-side only: BtoA = right half is the map.")
+@click.option("--tiles", "max_tiles", type=int, default=64, show_default=True,
+              help="Map tiles to observe (spread evenly over DATA).")
+@overwrite_opt
+@click.pass_context
+def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, overwrite):
+    """Calibrate WEIGHTS for --precision int8 on the map tiles in DATA.
+
+    Runs the model on up to --tiles 256×256 map tiles, records the range of every
+    layer's activations and writes a copy of the checkpoint holding them. Use maps
+    like the ones you will render.
+    """
+    import numpy as np
+
+    from .checkpoints import export_checkpoint
+    from .errors import OptionError
+    from .model import default_model_path, load_model
+    from .quantize import calibrate as calibrate_fn
+
+    if max_tiles < 1:
+        raise OptionError(f"--tiles {max_tiles} must be at least 1")
+    out_file = _check_new_file(out_path, overwrite)
+    src_weights = weights or default_model_path()
+    model = load_model(src_weights, "cpu")
+    if layout == "maps":
+        from .raster import map_tiles
+
+        tiles = [t for path in data for t in map_tiles(path)]
+    else:
+        from .data import split_names
+        from .evaluate import resize
+
+        if len(data) != 1:
+            raise OptionError(f"--layout {layout} takes one DATA folder, not {len(data)}")
+        source = _pair_source(layout, data[0], direction, None)
+        train_idx, _ = split_names(source.names, 0.1)
+        pick = np.linspace(0, len(train_idx) - 1, min(max_tiles, len(train_idx))).round().astype(int)
+        tiles = [resize(source.read(train_idx[i])[0]).transpose(2, 0, 1) for i in pick]
+    if not tiles:
+        raise OptionError(f"no map tiles found in {', '.join(map(str, data))}: give map rasters or images")
+    if len(tiles) > max_tiles:
+        tiles = [tiles[i] for i in np.linspace(0, len(tiles) - 1, max_tiles).round().astype(int)]
+    batches = (np.stack(tiles[i : i + 8]) for i in range(0, len(tiles), 8))
+    calibration = calibrate_fn(model.generator, batches)
+    calibration["data"] = ", ".join(map(str, data))
+    export_checkpoint(src_weights, out_file, int8=calibration)
+    if not ctx.meta.get("quiet"):
+        click.echo(f"wrote {out_file} (int8 calibration on {calibration['tiles']} map tiles)", err=True)
+
+
+@main.command()
 @click.argument("source")
 @click.argument("dest", type=click.Path())
 @click.option("--zoom", "-z", required=True, help="Zoom or zoom range to make, e.g. 14-17.")
@@ -341,12 +407,13 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
 @click.option("--attribution", default=None, help="Attribution in the metadata.")
 @weights_opt
 @device_opt
+@precision_opt
 @click.option("--overwrite", is_flag=True,
               help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced).")
 @scheduler_opt
 @click.pass_context
 def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
-          force, no_model, bands, name, attribution, weights, device, overwrite, scheduler):
+          force, no_model, bands, name, attribution, weights, device, precision, overwrite, scheduler):
     """Make or update an XYZ tile cache DEST of synthetic aerial imagery from map tiles SOURCE.
 
     SOURCE: an XYZ folder ({z}/{x}/{y}.png), an .mbtiles file, a georeferenced raster in any
@@ -364,6 +431,13 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
     if scheduler and workers > 1:
         raise OptionError(f"--workers {workers} runs a local pool, --scheduler a Dask cluster: give one of them")
     model = CopyModel() if no_model else weights
+    if precision != "fp32" and not no_model:
+        if scheduler:
+            raise OptionError(f"--precision {precision} is not supported with --scheduler yet: use fp32 on a cluster")
+        from .model import load_model
+
+        # Loaded here, pickled to --workers (each quantises its own copy).
+        model = load_model(weights, None if device == "auto" else device, precision=precision)
     bar, update = _progress_bar(ctx, "tiles")
     with bar:
         result = make_tiles(source, dest, zooms=zoom, area=area, model=model, fmt=fmt, quality=quality,

@@ -5,6 +5,11 @@ plus what render needs to use it correctly (the ground resolution it was trained
 the tile multiple, an identity hash for caches). ``load_model()`` with no path loads
 the default model shipped inside the package; nothing is downloaded.
 
+Calling a :class:`Pix2PixModel` without autograd (as :func:`run_batch` does) runs the
+inference engine (:class:`engine.InferenceUNet`: BatchNorm folded, channels-last, a
+sub-pixel last layer), built from the generator on first use and rebuilt whenever the
+generator's weights or device change; with autograd on it runs the generator itself.
+
 Inference mode (see ``networks`` for the reasons): dropout off, and normalisation as
 the checkpoint was trained: ``instance`` models normalise each tile by its own
 statistics (the paper's test-time behaviour), ``batch`` models use their running
@@ -25,10 +30,14 @@ from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint
 from .devices import autocast, resolve_device
-from .errors import CheckpointError
+from .engine import InferenceUNet
+from .errors import CheckpointError, DeviceError, OptionError
 from .networks import Generator
 
-__all__ = ["DEFAULT_MODEL", "Pix2PixModel", "default_model_path", "load_model", "run_batch"]
+__all__ = ["DEFAULT_MODEL", "PRECISIONS", "Pix2PixModel", "default_model_path", "load_model", "run_batch"]
+
+#: Precisions :func:`load_model` accepts.
+PRECISIONS = ("fp32", "int8")
 
 #: File name of the default model inside the package's ``weights`` folder.
 DEFAULT_MODEL = "default.pt"
@@ -42,23 +51,63 @@ class Pix2PixModel(nn.Module):
     """A trained generator with the facts needed to apply it to georeferenced rasters."""
 
     def __init__(self, generator: Generator, checkpoint: Checkpoint | None = None,
-                 identity: str = "") -> None:
+                 identity: str = "", precision: str = "fp32") -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise OptionError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.generator = generator.eval()
         self.checkpoint = checkpoint
+        #: "fp32", or "int8" (CPU only, :mod:`quantize`; outputs differ slightly from fp32)
+        self.precision = precision
+        #: activation ranges for int8 (:func:`quantize.calibrate`), from the checkpoint
+        self.int8 = checkpoint.int8 if checkpoint else None
         #: metres per pixel the model was trained at (None: unknown, never resample)
         self.ground_resolution = checkpoint.ground_resolution if checkpoint else None
         #: height and width of tiles must be multiples of this
         self.tile_multiple = generator.config.multiple
-        #: content hash of the weights: changes whenever the model does
-        self.identity = identity
+        #: content hash of the weights: changes whenever the model does (and with
+        #: the precision, whose outputs differ)
+        self.identity = identity if precision == "fp32" or not identity else f"{identity}-{precision}"
+        self.eval()  # an inference wrapper: .train() is for fine-tuning the generator itself
 
     @property
     def provenance(self) -> dict:
         return dict(self.checkpoint.provenance) if self.checkpoint else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.generator(x)
+        if torch.is_grad_enabled() or self.training:
+            return self.generator(x)
+        return self.engine()(x)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_engine", None)  # rebuilt where it runs (a quantised engine does not pickle)
+        return state
+
+    def engine(self) -> nn.Module:
+        """The inference engine for the generator's current weights and device."""
+        params = list(self.generator.parameters()) + list(self.generator.buffers())
+        key = (model_device(self.generator), tuple(p._version for p in params), tuple(id(p) for p in params),
+               self.precision, id(self.int8))
+        cached = self.__dict__.get("_engine")  # not a submodule: no second copy in state_dict
+        if cached is None or cached[0] != key:
+            # Ordinary tensors even when first called under inference_mode, so that
+            # the engine can be used afterwards outside it too.
+            with torch.inference_mode(False), torch.no_grad():
+                if self.precision == "int8":
+                    from .quantize import quantize
+
+                    if key[0].type != "cpu":
+                        raise DeviceError(f"int8 inference runs on the CPU, not {key[0]}: use --precision fp32 "
+                                          "(on CUDA the model runs in float16 automatically)")
+                    source = self.checkpoint.path if self.checkpoint and self.checkpoint.path else "the model"
+                    engine = quantize(self.generator.eval(), self.int8, source=source)
+                else:
+                    engine = InferenceUNet(self.generator.eval())
+                if key[0].type == "cuda":
+                    torch.backends.cudnn.benchmark = True  # fixed chunk shape: tuned once
+            self.__dict__["_engine"] = cached = (key, engine)
+        return cached[1]
 
     def extra_repr(self) -> str:
         res = f"{self.ground_resolution:.3g} m/px" if self.ground_resolution else "unknown"
@@ -73,8 +122,14 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> Pix2PixModel:
-    """Load a checkpoint (``None``: the default model shipped in the package)."""
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+               precision: str = "fp32") -> Pix2PixModel:
+    """Load a checkpoint (``None``: the default model shipped in the package).
+
+    ``precision="int8"`` runs the reduced-precision CPU path (:mod:`quantize`); it needs
+    the calibration that ``geo-pix2pix calibrate`` stores in the checkpoint (the
+    default model has one).
+    """
     if path is None:
         path = default_model_path()
         if not path.exists():
@@ -84,8 +139,11 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
             )
     path = Path(path)
     ckpt = load_checkpoint(path)
-    model = Pix2PixModel(ckpt.build_generator(), ckpt, identity=_file_hash(path))
-    return model.to(resolve_device(device)).eval()
+    model = Pix2PixModel(ckpt.build_generator(), ckpt, identity=_file_hash(path), precision=precision)
+    model = model.to(resolve_device(device)).eval()
+    if precision != "fp32":
+        model.engine()  # fail now, with the checkpoint's name, not at the first tile
+    return model
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -23,6 +23,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from .errors import OptionError, OutputPathError
 from .model import load_model
 from .pipeline import TilePipeline
 from .raster import (
+    DEFLATE_LEVEL,
     MapRaster,
     atomic_output,
     check_output_path,
@@ -163,6 +165,12 @@ def render(
             # GDAL's default block cache is 5 % of RAM; render reads and writes in strips
             # and needs little, so keep memory flat unless the user configured it.
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        if "GDAL_NUM_THREADS" not in os.environ:
+            # Overviews are built after the model has finished, when the cores are
+            # free: let GDAL use them all (1.1 s of 6.7 s at 4096², benchmarks/).
+            stack.enter_context(rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"))
+        if "ZLEVEL_OVERVIEW" not in os.environ:
+            stack.enter_context(rasterio.Env(ZLEVEL_OVERVIEW=str(DEFLATE_LEVEL)))
         raster = stack.enter_context(open_map_raster(src, bands))
         in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
                                    raster.width, raster.height) if raster.georeferenced else None
@@ -243,19 +251,29 @@ def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size:
                             progress=progress)
     with open_output(path, profile) as out:
         writer = _BlockRowWriter(out, raster)
-        for first, rows in pipe:
-            writer.add(first, rows)
-        writer.flush()
+        try:
+            for first, rows in pipe:
+                writer.add(first, rows)
+            writer.flush()
+        finally:
+            writer.close()
     return pipe.grid, pipe.rendered
 
 
 class _BlockRowWriter:
-    """Collects finished rows and writes them in whole rows of GeoTIFF blocks.
+    """Collects finished rows and writes them in whole rows of GeoTIFF blocks, in a
+    background thread.
 
     A compressed tiled GeoTIFF cannot update part of a block in place: GDAL would keep
     the block in its cache (memory growing with the raster's width × rows) or rewrite
-    it at the end of the file. Writing whole block rows avoids both. The buffer is one
-    block row, allocated once.
+    it at the end of the file. Writing whole block rows avoids both.
+
+    Compressing and writing a block row runs in one writer thread while the model works
+    on the next tiles (GDAL releases the GIL), so the model does not wait on the disk.
+    At most one block row is in flight besides the one being filled: memory stays two
+    block rows. Only the writer thread touches ``out``; the input's mask is read here,
+    in the caller's thread, because a rasterio dataset must not be shared between
+    threads. :meth:`close` waits for the last write and raises its error, if any.
     """
 
     def __init__(self, out, raster: MapRaster) -> None:
@@ -264,6 +282,8 @@ class _BlockRowWriter:
         self.buf = np.empty((3, self.block, raster.width), np.uint8)
         self.first = 0  # raster row of buf[:, 0]
         self.held = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geo-pix2pix-writer")
+        self.pending: Future | None = None
 
     def add(self, first: int, rgb: np.ndarray) -> None:
         if first != self.first + self.held:
@@ -279,18 +299,31 @@ class _BlockRowWriter:
 
     def flush(self) -> None:
         if self.held:
-            _write_rows(self.out, self.raster, self.first, self.buf[:, : self.held])
+            rows = self.buf[:, : self.held].copy()
+            valid = self.raster.valid_rows(self.first, self.held)
+            self._wait()
+            self.pending = self.pool.submit(_write_rows, self.out, self.first, rows, valid)
             self.first += self.held
             self.held = 0
 
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()  # re-raises the writer's error here
 
-def _write_rows(out, raster: MapRaster, first: int, rgb: np.ndarray) -> None:
-    """Write uint8 rows (3, n, width) to ``out`` with the input's mask."""
-    n = rgb.shape[1]
-    valid = raster.valid_rows(first, n)
-    win = Window(0, first, raster.width, n)
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _write_rows(out, first: int, rgb: np.ndarray, valid: np.ndarray | None) -> None:
+    """Write uint8 rows (3, n, width) to ``out``, with their validity mask (None: all valid)."""
+    n, width = rgb.shape[1:]
+    win = Window(0, first, width, n)
     if out.count == 4:
-        alpha = np.full((1, n, raster.width), 255, np.uint8) if valid is None else (valid * 255).astype(np.uint8)[None]
+        alpha = np.full((1, n, width), 255, np.uint8) if valid is None else (valid * 255).astype(np.uint8)[None]
         out.write(np.concatenate([rgb, alpha]), window=win)
         return
     if valid is not None:
@@ -323,7 +356,7 @@ def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: s
         for y in range(0, src.height, step):
             n = min(step, src.height - y)
             rgb = vrt.read((1, 2, 3), window=Window(0, y, src.width, n))
-            _write_rows(out, raster, y, rgb)
+            _write_rows(out, y, rgb, raster.valid_rows(y, n))
 
 
 def _build_overviews(path: Path) -> None:

@@ -1,0 +1,118 @@
+"""Training steps/s: the pix2pix reference recipe's step against ``Trainer.step``.
+
+One process, same networks (same initial weights), same batch, same data pipeline
+(``Trainer.data``, the jittered pairs), in interleaved rounds (median printed):
+
+- *reference*: one optimisation step written the way the reference code
+  (``pix2pix_model.py``) does it: eager fp32, contiguous (NCHW) tensors, D on the fake
+  and on the real pair in two calls, D frozen (``requires_grad=False``) while G's loss
+  is backpropagated, ``torch.optim.Adam`` with its defaults;
+- *engine*: :meth:`geo_pix2pix.train.Trainer.step`.
+
+Models: ``default`` (the shipped model's shapes: G width 24, D width 32, instance
+norm, batch 4) and ``paper`` (G width 64, D width 64, BatchNorm, batch 1).
+
+    python benchmarks/train_throughput.py [--models default paper] [--seconds 20] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from geo_pix2pix.data import PairSource
+from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
+from geo_pix2pix.train import TrainConfig, Trainer
+
+SETUPS = {
+    "default": (GeneratorConfig(base_width=24, norm="instance"),
+                DiscriminatorConfig(base_width=32, norm="instance"), 4),
+    "paper": (GeneratorConfig(), DiscriminatorConfig(), 1),
+}
+
+
+class RandomPairs(PairSource):
+    """In-memory random 300 × 300 pairs (the decode cost is not what is measured)."""
+
+    def __init__(self, n: int = 16) -> None:
+        super().__init__()
+        self.names = [f"{i}.png" for i in range(n)]
+        rng = np.random.default_rng(0)
+        self.pairs = [tuple(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in range(2)) for _ in range(n)]
+
+    def _load(self, index: int):
+        return self.pairs[index]
+
+
+class ReferenceStep:
+    """The reference recipe's optimisation step on copies of the trainer's networks."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.G, self.D = copy.deepcopy(trainer.G).train(), copy.deepcopy(trainer.D).train()
+        c = trainer.config
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
+        self.bce, self.data, self.batch = nn.BCEWithLogitsLoss(), trainer.data, c.batch_size
+
+    def __call__(self) -> None:
+        map_, real = self.data.sample(self.batch)
+        fake = self.G(map_)
+        self.D.requires_grad_(True)
+        self.opt_d.zero_grad()
+        pred_fake = self.D(map_, fake.detach())
+        pred_real = self.D(map_, real)
+        loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
+                        + self.bce(pred_real, torch.ones_like(pred_real)))
+        loss_d.backward()
+        self.opt_d.step()
+        self.D.requires_grad_(False)
+        self.opt_g.zero_grad()
+        pred_fake = self.D(map_, fake)
+        loss_g = self.bce(pred_fake, torch.ones_like(pred_fake)) + 100 * (fake - real).abs().mean()
+        loss_g.backward()
+        self.opt_g.step()
+
+
+def steps_per_s(fn, seconds: float) -> float:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["default", "paper"], choices=sorted(SETUPS))
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds × {args.seconds:g} s per figure (median shown)")
+    for name in args.models:
+        gconf, dconf, batch = SETUPS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(RandomPairs(), tmp, TrainConfig(batch_size=batch, load_size=(286, 286), val_fraction=0.0),
+                              gconf, dconf, device="cpu")
+            ref = ReferenceStep(trainer)
+            rates: dict[str, list[float]] = {"reference recipe": [], "Trainer.step": []}
+            for _ in range(args.rounds):
+                rates["reference recipe"].append(steps_per_s(ref, args.seconds))
+                rates["Trainer.step"].append(steps_per_s(trainer.step, args.seconds))
+        r_ref = statistics.median(rates["reference recipe"])
+        print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}")
+        for label, rs in rates.items():
+            r = statistics.median(rs)
+            print(f"  {label:18s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}   rounds: {', '.join(f'{x:.3f}' for x in rs)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The inference engine computes the generator's function, for every norm and width."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from geo_pix2pix import Generator
+from geo_pix2pix.engine import InferenceUNet, SubPixelDeconv, fold_batch_norm
+from geo_pix2pix.model import Pix2PixModel, run_batch
+from geo_pix2pix.networks import GeneratorConfig
+
+
+def trained_like(config: GeneratorConfig, seed: int = 0) -> Generator:
+    """A generator whose norm layers hold non-trivial statistics and affine terms."""
+    torch.manual_seed(seed)
+    g = Generator(config)
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return g.eval()
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("width", [8, 16])
+@pytest.mark.parametrize("subpixel_decoder", [False, True])
+def test_engine_equals_generator(norm, width, subpixel_decoder):
+    g = trained_like(GeneratorConfig(base_width=width, norm=norm))
+    x = torch.rand(3, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        want = g(x)
+        got = InferenceUNet(g, subpixel_decoder=subpixel_decoder)(x)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert float((got - want).abs().max()) < 1e-4
+
+
+def test_engine_memory_format_follows_the_norm():
+    assert InferenceUNet(trained_like(GeneratorConfig(base_width=8, norm="batch"))).channels_last
+    assert not InferenceUNet(trained_like(GeneratorConfig(base_width=8, norm="instance"))).channels_last
+
+
+def test_engine_refuses_a_training_generator():
+    with pytest.raises(ValueError, match="eval mode"):
+        InferenceUNet(Generator(base_width=8).train())
+
+
+@pytest.mark.parametrize("cin, cout, size", [(5, 3, 7), (4, 6, 1), (2, 1, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_subpixel_deconv_equals_transposed_conv(cin, cout, size, bias):
+    torch.manual_seed(cin)
+    deconv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=bias)
+    x = torch.randn(2, cin, size, size + 2)
+    with torch.no_grad():
+        got = SubPixelDeconv(deconv)(x)
+        assert got.shape == (2, cout, 2 * size, 2 * size + 4)
+        assert float((got - deconv(x)).abs().max()) < 1e-5
+
+
+def test_subpixel_deconv_refuses_other_geometry():
+    with pytest.raises(ValueError, match="kernel 4, stride 2"):
+        SubPixelDeconv(nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fold_batch_norm(transposed):
+    torch.manual_seed(1)
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(4, 6, 4, stride=2, padding=1, bias=False)
+    bn = nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    bn.eval()
+    folded, rest = fold_batch_norm(conv, bn)
+    assert rest is None
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert float((folded(x) - bn(conv(x))).abs().max()) < 1e-5
+    # A norm that cannot be folded is kept, the convolution copied.
+    inorm = nn.InstanceNorm2d(6, affine=True)
+    copied, kept = fold_batch_norm(conv, inorm)
+    assert kept is inorm and copied is not conv
+
+
+def test_model_uses_the_engine_and_follows_weight_changes():
+    g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
+    model = Pix2PixModel(g)
+    tiles = np.random.default_rng(0).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    first = run_batch(model, tiles)
+    engine = model.engine()
+    assert model.engine() is engine  # cached while the weights stay the same
+    with torch.no_grad():
+        g.head[0].bias.add_(0.5)  # an in-place change of the weights
+    assert model.engine() is not engine
+    second = run_batch(model, tiles)
+    with torch.no_grad():
+        want = g(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
+    assert np.abs(second - want).max() < 1e-4 and np.abs(second - first).max() > 1e-3
+
+
+def test_model_with_autograd_runs_the_generator():
+    g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
+    model = Pix2PixModel(g)
+    x = torch.rand(1, 3, 256, 256, requires_grad=True)
+    model(x).mean().backward()  # the engine has no autograd; the generator does
+    assert x.grad is not None and model.__dict__.get("_engine") is None
