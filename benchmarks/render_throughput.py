@@ -18,7 +18,7 @@ The input is the Helsinki sample map mirrored out to 4096 × 4096 on the sample'
 (EPSG:3857, 2.12 m/px on the ground: the default model's resolution, so nothing is
 resampled), deflate-compressed.
 
-    python benchmarks/render_throughput.py [--size 4096] [--rounds 2] [--precision fp32]
+    python benchmarks/render_throughput.py [--size 4096] [--rounds 2] [--precision fp32|int8] [--weights PATH]
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ def reference_loop(src: Path, dst: Path, ref: torch.nn.Module) -> None:
                     out.write(y, window=win)
 
 
-def peak_memory(src: Path, dst: Path, precision: str) -> float:
+def peak_memory(src: Path, dst: Path, weights: str | None, precision: str) -> float:
     code = (
         "import resource, sys, geo_pix2pix\n"
-        f"m = geo_pix2pix.load_model(precision={precision!r})\n"
+        f"m = geo_pix2pix.load_model({weights!r}, precision={precision!r})\n"
         f"geo_pix2pix.render({str(src)!r}, {str(dst)!r}, model=m, overwrite=True)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
@@ -110,10 +110,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    ap.add_argument("--weights", default=None, help="checkpoint [default: the shipped model]")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    model = geo_pix2pix.load_model(precision=args.precision)
+    model = geo_pix2pix.load_model(args.weights, precision=args.precision)
     ref = ReferenceUNet(model.generator).eval()
     mp = args.size**2 / 1e6
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +142,7 @@ def main() -> None:
                                                                       overwrite=True))
                 model_share[label].append(mc.seconds)
             clock("reference tile loop", lambda: reference_loop(src, Path(tmp) / "ref.tif", ref))
-        peak = peak_memory(src, dst, args.precision)
+        peak = peak_memory(src, dst, args.weights, args.precision)
 
     base = statistics.median(times["model only (overlap-0 tiles)"])
     ref_t = statistics.median(times["reference tile loop"])

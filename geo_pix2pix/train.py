@@ -115,7 +115,6 @@ class Trainer:
         # What a step runs: the networks themselves, or their DDP wrappers under torchrun
         # (self.G and self.D stay the plain networks: checkpoints, validation, samples).
         self.g_step, self.d_step = self.G, self.D
-        self._d_per_sample = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
         if self.dist is not None:
             self.g_step, self.d_step = ddp.wrap(self.G, self.device), ddp.wrap(self.D, self.device)
             torch.manual_seed(ddp.rank_seed(config.seed, self.dist))  # dropout differs per rank
@@ -155,7 +154,8 @@ class Trainer:
         with autocast(self.device, c.amp):
             fake = self.g_step(map_)
             # D: real pairs → 1, generated pairs → 0; the objective is halved as in the paper.
-            pred_fake, pred_real = self._d_on_fake_and_real(map_, fake.detach(), real)
+            pred_fake = self.d_step(map_, fake.detach())
+            pred_real = self.d_step(map_, real)
             loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
                             + self.bce(pred_real, torch.ones_like(pred_real)))
         self.opt_d.zero_grad(set_to_none=True)
@@ -180,19 +180,6 @@ class Trainer:
         self.scaler.update()
         self.state.step += 1
         return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_g_l1": loss_l1.item()}
-
-    def _d_on_fake_and_real(self, map_: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
-        """D's logits on the generated and the real pairs.
-
-        With a per-sample discriminator (no BatchNorm) both go through D as one batch
-        of twice the size: the same function, one pass instead of two (fewer, larger
-        convolutions). BatchNorm would mix real and fake statistics, so a BatchNorm D
-        (the paper's) sees them separately, as in the reference code.
-        """
-        if self._d_per_sample:
-            pred = self.d_step(torch.cat([map_, map_]), torch.cat([fake, real]))
-            return pred.chunk(2)
-        return self.d_step(map_, fake), self.d_step(map_, real)
 
     # -- checkpoints ------------------------------------------------------------------
     def training_state(self) -> dict:
