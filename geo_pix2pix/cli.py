@@ -272,6 +272,7 @@ def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
 @click.option("--limit", type=int, default=None, help="Score only the first N tiles of the split.")
 @weights_opt
 @device_opt
+@precision_opt
 @overlap_opt
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the figures to this JSON file.")
@@ -280,8 +281,8 @@ def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
 @click.option("--grid-tiles", type=int, default=8, show_default=True, help="Rows of the --grid image.")
 @overwrite_opt
 @click.pass_context
-def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, weights, device, overlap,
-             json_path, grid_path, grid_tiles, overwrite):
+def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, weights, device, precision,
+             overlap, json_path, grid_path, grid_tiles, overwrite):
     """Score a model on paired tiles in DATA against real aerials and two baselines.
 
     Prints L1, PSNR, SSIM, colour-histogram distance and sharpness ratio for the model,
@@ -300,7 +301,7 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
     if grid_file is not None and grid_tiles < 1:
         raise OptionError(f"--grid-tiles {grid_tiles} must be at least 1 to write --grid {grid_path}")
     source = _pair_source(layout, data, direction, aerial)
-    model = load_model(weights, device)
+    model = load_model(weights, device, precision=precision)
     bar, update = _progress_bar(ctx, "evaluate")
     with bar:
         result = evaluate_fn(source, model, split=split, val_fraction=val_fraction, limit=limit,
@@ -312,6 +313,7 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
         record["data"] = str(data)
         record["model"] = {"weights": str(weights) if weights else "default",
                            "identity": model.identity, "steps": model.provenance.get("steps"),
+                           "precision": model.precision,
                            "ground_resolution": model.ground_resolution}
         json_file.write_text(json.dumps(record, indent=2) + "\n")
     if grid_file is not None and result.grid is not None:
@@ -380,6 +382,26 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, overwr
     export_checkpoint(src_weights, out_file, int8=calibration)
     if not ctx.meta.get("quiet"):
         click.echo(f"wrote {out_file} (int8 calibration on {calibration['tiles']} map tiles)", err=True)
+
+
+@main.command("export-onnx")
+@click.argument("dst", type=click.Path(dir_okay=False))
+@weights_opt
+@overwrite_opt
+@click.pass_context
+def export_onnx(ctx, dst, weights, overwrite):
+    """Write the generator of WEIGHTS (default: the shipped model) as an ONNX model DST.
+
+    Run it with --weights DST (onnxruntime, CPU; needs geo-pix2pix[onnx]).
+    """
+    from .model import load_model
+    from .onnxrt import export_onnx as export_fn
+
+    out = _check_new_file(dst, overwrite)
+    model = load_model(weights, "cpu")
+    export_fn(model, out)
+    if not ctx.meta.get("quiet"):
+        click.echo(f"wrote {out}", err=True)
 
 
 @main.command()

@@ -123,13 +123,24 @@ def _file_hash(path: Path) -> str:
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-               precision: str = "fp32") -> Pix2PixModel:
+               precision: str = "fp32") -> nn.Module:
     """Load a checkpoint (``None``: the default model shipped in the package).
 
     ``precision="int8"`` runs the reduced-precision CPU path (:mod:`quantize`); it needs
     the calibration that ``geo-pix2pix calibrate`` stores in the checkpoint (the
-    default model has one).
+    default model has one). A ``.onnx`` path (from ``geo-pix2pix export-onnx``) is run by
+    onnxruntime on the CPU (:class:`onnxrt.OnnxModel`).
     """
+    from .onnxrt import OnnxModel, is_onnx_path
+
+    if is_onnx_path(path):
+        if precision != "fp32":
+            raise OptionError(f"--precision {precision} applies to checkpoints; {str(path)!r} is an ONNX model "
+                              "(float32): drop --precision or use the .pt checkpoint")
+        if resolve_device(device).type != "cpu":
+            raise DeviceError(f"ONNX models run on the CPU here (onnxruntime's CPU provider), not "
+                              f"{device}: use --device cpu, or the .pt checkpoint on the GPU")
+        return OnnxModel(path)
     if path is None:
         path = default_model_path()
         if not path.exists():
