@@ -254,3 +254,45 @@ def test_cog_output_is_valid(make_raster, tmp_path, identity):
         assert layout == "COG"
     with rasterio.open(src) as a, rasterio.open(dst) as b:
         assert np.array_equal(a.read(), b.read())
+
+
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
+    """The writer thread (used when the model runs on a GPU or a cluster) gives the same
+    pixels and mask as writing in the caller's thread, and re-raises its errors."""
+    from geo_pix2pix.raster import open_map_raster, open_output, output_profile
+    from geo_pix2pix.render import _BlockRowWriter
+
+    src = make_raster(700, 300, nodata=nodata)
+    rows = np.random.default_rng(1).integers(0, 256, (3, 700, 300), dtype=np.uint8)
+    outputs = []
+    with open_map_raster(src) as raster:
+        for background in (False, True):
+            path = tmp_path / f"out-{background}.tif"
+            profile = output_profile(raster, width=300, height=700, transform=raster.dataset.transform,
+                                     crs=raster.dataset.crs)
+            with open_output(path, profile) as out:
+                writer = _BlockRowWriter(out, raster, background=background)
+                try:
+                    for first in range(0, 700, 100):  # rows arrive in pieces that straddle blocks
+                        writer.add(first, rows[:, first : first + 100])
+                    writer.flush()
+                finally:
+                    writer.close()
+            with rasterio.open(path) as ds:
+                outputs.append((ds.read(), ds.read_masks(1)))
+        assert np.array_equal(outputs[0][0], outputs[1][0]) and np.array_equal(outputs[0][1], outputs[1][1])
+
+        class Broken:
+            block_shapes = [(256, 256)]
+            count, nodata = 3, None
+
+            def write(self, *a, **k):
+                raise OSError("disk full")
+
+            write_mask = write
+
+        writer = _BlockRowWriter(Broken(), raster, background=True)
+        writer.add(0, rows[:, :256])  # a whole block row: handed to the thread
+        with pytest.raises(OSError, match="disk full"):
+            writer.close()
