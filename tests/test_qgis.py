@@ -225,6 +225,13 @@ def test_processing_run_renders_a_layer_with_the_inputs_crs_and_extent(qgis_run)
 
 
 @pytest.mark.slow
+def test_processing_render_at_int8_precision(qgis_run):
+    got = _get(qgis_run, "processing_run_int8")
+    assert got["same_grid"] and any("int8" in line for line in got["infos"])
+    assert 0 < got["mean_diff"] < 6  # grey levels: another computation, the same picture
+
+
+@pytest.mark.slow
 def test_run_and_load_results_and_render_layer_add_the_result_to_the_project(qgis_run):
     loaded = _get(qgis_run, "run_and_load_results")
     assert loaded["layers_in_project"] == 1 and loaded["facts"]["valid"]

@@ -33,6 +33,7 @@ from qgis.core import (
 )
 
 from ..devices import DEVICE_CHOICES
+from ..model import PRECISIONS
 from ..errors import GeoPix2PixError
 from .feedback import run_with_feedback
 from .layers import layer_source, xyz_url_template
@@ -48,20 +49,20 @@ _model_lock = threading.Lock()
 _model_cache: dict = {}
 
 
-def cached_model(path: str | None, device: str):
-    """``load_model(path, device)``, reusing the last model while its file is unchanged."""
+def cached_model(path: str | None, device: str, precision: str = "fp32"):
+    """``load_model(path, device, precision)``, reusing the last model while its file is unchanged."""
     from ..model import default_model_path, load_model
 
     file = path or str(default_model_path())
     try:
         st = os.stat(file)
-        key = (os.path.abspath(file), st.st_mtime_ns, st.st_size, device)
+        key = (os.path.abspath(file), st.st_mtime_ns, st.st_size, device, precision)
     except OSError:
         key = None  # load_model says what is wrong with the path
     with _model_lock:
         if key is not None and _model_cache.get("key") == key:
             return _model_cache["model"]
-        model = load_model(path, None if device == "auto" else device)
+        model = load_model(path, None if device == "auto" else device, precision=precision)
         _model_cache.update(key=key, model=model)
         return model
 
@@ -81,6 +82,12 @@ def _device_param(name: str) -> QgsProcessingParameterEnum:
                                                 options=list(DEVICE_CHOICES), defaultValue=0))
 
 
+def _precision_param(name: str) -> QgsProcessingParameterEnum:
+    return _advanced(QgsProcessingParameterEnum(
+        name, "Precision (int8: quantised CPU inference, faster, outputs differ slightly)",
+        options=list(PRECISIONS), defaultValue=0))
+
+
 class _Algorithm(QgsProcessingAlgorithm):
     def group(self) -> str:
         return ""
@@ -94,9 +101,10 @@ class _Algorithm(QgsProcessingAlgorithm):
     def _model(self, parameters, context, feedback):
         path = self.parameterAsFile(parameters, "MODEL", context) or None
         device = DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]
-        feedback.pushInfo(f"model: {path or 'the default model'} on {device}")
+        precision = PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]
+        feedback.pushInfo(f"model: {path or 'the default model'} on {device}, {precision}")
         try:
-            return cached_model(path, device)
+            return cached_model(path, device, precision)
         except GeoPix2PixError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
@@ -128,6 +136,7 @@ class RenderAlgorithm(_Algorithm):
             self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer, 8,
             False, 1, 1024)))
         self.addParameter(_device_param(self.DEVICE))
+        self.addParameter(_precision_param("PRECISION"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Synthetic aerial imagery"))
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
@@ -189,6 +198,7 @@ class TilesAlgorithm(_Algorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             self.FORCE, "Regenerate every tile, changed or not", defaultValue=False))
         self.addParameter(_device_param(self.DEVICE))
+        self.addParameter(_precision_param("PRECISION"))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.OUTPUT, "Tile cache (a folder, or a path ending in .mbtiles or .pmtiles)"))
         for name, text in (("RENDERED", "Tiles rendered"), ("UNCHANGED", "Tiles skipped as unchanged"),

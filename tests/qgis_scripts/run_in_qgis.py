@@ -184,6 +184,21 @@ small = QgsRasterLayer(str(small_path), "small map", "gdal")
 project.addMapLayer(small)
 
 
+@check("processing_run_int8")
+def _():
+    fp32 = WORK / "int8" / "fp32.tif"
+    fp32.parent.mkdir()
+    int8 = fp32.parent / "int8.tif"
+    processing.run("geopix2pix:render", {"INPUT": small, "OUTPUT": str(fp32)})
+    fb = Progress()
+    processing.run("geopix2pix:render", {"INPUT": small, "PRECISION": 1, "OUTPUT": str(int8)}, feedback=fb)
+    with rasterio.open(fp32) as a, rasterio.open(int8) as b:
+        diff = abs(a.read().astype(int) - b.read().astype(int))
+        same_grid = a.crs == b.crs and a.transform == b.transform and a.shape == b.shape
+    return {"same_grid": same_grid, "mean_diff": float(diff.mean()), "max_diff": int(diff.max()),
+            "infos": fb.infos}
+
+
 @check("run_and_load_results")
 def _():
     out = WORK / "loaded.tif"
