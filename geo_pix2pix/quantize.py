@@ -14,8 +14,8 @@ output depends on its batch-mates. The activation ranges come from map tiles:
    no calibration data is needed where the model runs.
 
 Measured on the 2-core AVX2 development machine (``benchmarks/model_throughput.py``,
-``docs/performance.md``): several times the reference's throughput, with the quality
-change on the validation split in the model card.
+``docs/performance.md``): 2.5× the reference's throughput at paper width, 1.7–2.35×
+for the default model, whose validation L1 moved by +0.0003 and SSIM by −0.0045.
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ def _observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
 def calibrate(gen: Generator, batches: Iterable[np.ndarray]) -> dict[str, Any]:
     """Observe activation ranges on map tiles: ``batches`` of uint8 (N, 3, 256, 256).
 
-    Returns the checkpoint's ``int8`` entry. A few dozen tiles that look like what the
-    model will render (the same kind of map) are enough; more tiles cost only time.
+    Returns the checkpoint's ``int8`` entry. Use tiles that look like what the model
+    will render (the same kind of map). For the default model, 256 tiles kept the
+    validation SSIM within 0.0045 of fp32 and 64 tiles within 0.0057.
     """
     with _quiet():
         prepared = _prepared(gen)

@@ -33,8 +33,8 @@ from qgis.core import (
 )
 
 from ..devices import DEVICE_CHOICES
-from ..model import PRECISIONS
 from ..errors import GeoPix2PixError
+from ..model import PRECISIONS
 from .feedback import run_with_feedback
 from .layers import layer_source, xyz_url_template
 
