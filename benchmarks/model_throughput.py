@@ -9,7 +9,9 @@ whose absolute speed moves from minute to minute:
   runs it (fp32, batch 1, norm layers as separate modules), loaded with the same weights;
 - the engine (:class:`geo_pix2pix.engine.InferenceUNet`) at batch 1 and through
   ``run_batch`` at its fixed compute chunk;
-- the int8 path (``precision="int8"``, :mod:`geo_pix2pix.quantize`) at the chunk.
+- the int8 path (``precision="int8"``, :mod:`geo_pix2pix.quantize`) at the chunk;
+- where onnxruntime is installed, the engine exported to ONNX and run by onnxruntime
+  (``--weights model.onnx``, :mod:`geo_pix2pix.onnxrt`) at the chunk.
 
 Models: ``default`` (the shipped model, with its stored int8 calibration), a checkpoint
 path, and ``paper``
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,6 +98,18 @@ def paper_model(calibration_tiles: np.ndarray) -> Pix2PixModel:
     return model
 
 
+def _onnx_model(model: Pix2PixModel, folder: str):
+    """The model exported to ONNX and loaded by onnxruntime, or None without them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from geo_pix2pix.onnxrt import OnnxModel, export_onnx
+
+    return OnnxModel(export_onnx(model, Path(folder) / f"{model.identity[:12]}.onnx"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["default", "paper"])
@@ -109,6 +124,7 @@ def main() -> None:
     tiles = rng.integers(0, 256, (COMPUTE_CHUNK, 3, 256, 256), dtype=np.uint8)
     tiles[: min(len(sample), COMPUTE_CHUNK)] = sample[:COMPUTE_CHUNK]  # map tiles where there are some
     peaks = []
+    tmp = tempfile.mkdtemp(prefix="geo-pix2pix-bench-")
     for name in args.models:
         if name == "paper":
             model = paper_model(sample)
@@ -123,12 +139,15 @@ def main() -> None:
         ref = ReferenceUNet(gen).eval()
         engine = model.engine()
         x1 = torch.from_numpy(tiles[:1]).float() / 127.5 - 1
+        onnx_model = _onnx_model(model, tmp)
         ways = {
             "reference (eager, batch 1)": (lambda ref=ref, x1=x1: ref(x1), 1),
             "engine, batch 1": (lambda engine=engine, x1=x1: engine(x1), 1),
             f"engine, chunk {COMPUTE_CHUNK}": (lambda m=model: run_batch(m, tiles), COMPUTE_CHUNK),
             f"int8, chunk {COMPUTE_CHUNK}": (lambda m=int8: run_batch(m, tiles), COMPUTE_CHUNK),
         }
+        if onnx_model is not None:
+            ways[f"onnxruntime, chunk {COMPUTE_CHUNK}"] = (lambda m=onnx_model: run_batch(m, tiles), COMPUTE_CHUNK)
         rates: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(args.rounds):
             peaks.append(matmul_gflops(args.seconds / 2))
