@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from torch import nn
 from geo_pix2pix.data import PairSource
 from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
 from geo_pix2pix.train import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_throughput import rate  # noqa: E402
 
 SETUPS = {
     "default": (GeneratorConfig(base_width=24, norm="instance"),
@@ -80,15 +84,6 @@ class ReferenceStep:
         self.opt_g.step()
 
 
-def steps_per_s(fn, seconds: float) -> float:
-    fn()  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        fn()
-        n += 1
-    return n / (time.perf_counter() - t0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["default", "paper"], choices=sorted(SETUPS))
@@ -105,8 +100,8 @@ def main() -> None:
             ref = ReferenceStep(trainer)
             rates: dict[str, list[float]] = {"reference recipe": [], "Trainer.step": []}
             for _ in range(args.rounds):
-                rates["reference recipe"].append(steps_per_s(ref, args.seconds))
-                rates["Trainer.step"].append(steps_per_s(trainer.step, args.seconds))
+                rates["reference recipe"].append(rate(ref, 1, args.seconds))
+                rates["Trainer.step"].append(rate(trainer.step, 1, args.seconds))
         r_ref = statistics.median(rates["reference recipe"])
         print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}")
         for label, rs in rates.items():

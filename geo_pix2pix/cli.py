@@ -361,7 +361,8 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, overwr
     if layout == "maps":
         from .raster import map_tiles
 
-        tiles = [t for path in data for t in map_tiles(path)]
+        per_map = -(-max_tiles // len(data))  # each map's share, read evenly spread over it
+        tiles = [t for path in data for t in map_tiles(path, limit=per_map)]
     else:
         from .data import split_names
         from .evaluate import resize

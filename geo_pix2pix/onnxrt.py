@@ -15,7 +15,6 @@ ran the default model 13 % faster than the PyTorch engine; through render's path
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -27,6 +26,7 @@ from torch import nn
 
 from .engine import InferenceUNet
 from .errors import CheckpointError, OptionError
+from .model import _file_hash
 
 __all__ = ["OnnxModel", "export_onnx", "is_onnx_path"]
 
@@ -75,6 +75,25 @@ def export_onnx(model, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def _session(path: Path):
+    """An onnxruntime CPU session for ``path``; one-line errors for missing or foreign files."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OptionError(f"--weights {str(path)!r} is an ONNX model: running it needs onnxruntime: "
+                          "pip install 'geo-pix2pix[onnx]'") from None
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist: check the path")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own many kinds
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{str(path)!r} is not a readable ONNX model ({first}): "
+                              "write one with 'geo-pix2pix export-onnx'") from None
+
+
 class OnnxModel(nn.Module):
     """An exported generator run by onnxruntime (CPU); used like a Pix2PixModel."""
 
@@ -82,22 +101,8 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise OptionError(f"--weights {str(path)!r} is an ONNX model: running it needs onnxruntime: "
-                              "pip install 'geo-pix2pix[onnx]'") from None
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"weights file {str(path)!r} does not exist: check the path")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own many kinds
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{str(path)!r} is not a readable ONNX model ({first}): "
-                                  "write one with 'geo-pix2pix export-onnx'") from None
+        self.session = _session(path)
         meta = {k[len(_META):]: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(_META)}
         if meta.get("format") != "geo-pix2pix-onnx":
@@ -106,8 +111,7 @@ class OnnxModel(nn.Module):
         self.path = path
         self.ground_resolution = float(meta["ground_resolution"]) if meta.get("ground_resolution") else None
         self.tile_multiple = int(meta.get("tile_multiple", "256"))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.identity = f"{digest}-onnx"
+        self.identity = f"{_file_hash(path)}-onnx"
         self.checkpoint = None
         self.eval()
 
@@ -126,4 +130,4 @@ class OnnxModel(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__["session"] = OnnxModel(self.path).session
+        self.__dict__["session"] = _session(self.path)

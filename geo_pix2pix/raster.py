@@ -151,17 +151,25 @@ class MapRaster:
         self.close()
 
 
-def map_tiles(path: str | os.PathLike, tile_size: int = 256, bands: str | Sequence[int] | None = None):
+def map_tiles(path: str | os.PathLike, tile_size: int = 256, bands: str | Sequence[int] | None = None,
+              limit: int | None = None):
     """Yield the (3, tile_size, tile_size) uint8 tiles of a map raster, on a grid without
-    overlap (reflection-padded at the edges, as render pads), skipping empty tiles."""
+    overlap (reflection-padded at the edges, as render pads), skipping empty tiles.
+
+    ``limit``: read only that many grid positions, spread evenly over the raster (the
+    rest are never read, so a county-sized raster costs what ``limit`` tiles cost).
+    """
     from .tiling import axis_starts
 
     with open_map_raster(path, bands) as raster:
-        for r in axis_starts(raster.height, tile_size, 0):
-            for c in axis_starts(raster.width, tile_size, 0):
-                rgb, valid = raster.read(r, c, tile_size, tile_size)
-                if valid.any():
-                    yield rgb
+        grid = [(r, c) for r in axis_starts(raster.height, tile_size, 0)
+                for c in axis_starts(raster.width, tile_size, 0)]
+        if limit is not None and limit < len(grid):
+            grid = [grid[i] for i in np.linspace(0, len(grid) - 1, limit).round().astype(int)]
+        for r, c in grid:
+            rgb, valid = raster.read(r, c, tile_size, tile_size)
+            if valid.any():
+                yield rgb
 
 
 def _describe(ds) -> str:

@@ -99,6 +99,17 @@ def test_cli_calibrate_then_render_int8(tmp_path, make_raster, calibrated):
     assert diff.mean() < 8  # 8-bit levels
 
 
+def test_calibration_reads_only_the_tiles_it_uses(make_raster):
+    from geo_pix2pix.raster import map_tiles
+
+    data = map_like(1, seed=5, size=1024)[0]
+    path = make_raster(1024, 1024, data=data)  # a 4 × 4 grid of tiles
+    assert len(list(map_tiles(path))) == 16
+    picked = list(map_tiles(path, limit=3))  # first, middle and last grid positions
+    assert len(picked) == 3
+    assert np.array_equal(picked[0], data[:, :256, :256]) and np.array_equal(picked[-1], data[:, 768:, 768:])
+
+
 def test_cli_int8_without_calibration_is_one_line(tmp_path, make_raster, calibrated):
     gen, _ = calibrated
     weights = save_checkpoint(tmp_path / "plain.pt", gen)
