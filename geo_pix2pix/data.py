@@ -235,9 +235,12 @@ class JitteredPairs:
         if jitter.load_size[0] < jitter.crop_size:
             raise OptionError(f"--load-size {jitter.load_size[0]} is smaller than the {jitter.crop_size} px "
                               f"training crop: give at least {jitter.crop_size} (the paper uses 286)")
+        self.sized = True  # every tile's size checked here, none left to check in sample()
         for i in self.indices:  # every tile, from its header where the source can: a bad
             size = source.size(i)  # tile is found now, not hours into training
-            if size is not None and min(size) < jitter.crop_size:
+            if size is None:
+                self.sized = False
+            elif min(size) < jitter.crop_size:
                 raise too_small(source, i, size, jitter.crop_size)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,7 +248,7 @@ class JitteredPairs:
         for _ in range(batch_size):
             k = int(torch.randint(len(self.indices), (1,), generator=self.rng))
             m, a = self.source[self.indices[k]]
-            if min(m.shape[:2]) < self.jitter.crop_size:  # a source that cannot tell sizes early
+            if not self.sized and min(m.shape[:2]) < self.jitter.crop_size:  # a source that cannot tell sizes early
                 raise too_small(self.source, self.indices[k], m.shape[:2], self.jitter.crop_size)
             pair = torch.cat([to_tensor(m), to_tensor(a)], dim=0)  # (6, H, W)
             pair = self._jitter(pair)

@@ -153,6 +153,10 @@ class RasterPairs(PairSource):
         a, _ = self.aerial.read(c.row_off, c.col_off, c.size, c.size)
         return np.ascontiguousarray(m.transpose(1, 2, 0)), np.ascontiguousarray(a.transpose(1, 2, 0))
 
+    def size(self, index: int) -> tuple[int, int]:
+        c = self.chips[index]
+        return c.size, c.size
+
     @property
     def crs(self):
         return self.map.dataset.crs

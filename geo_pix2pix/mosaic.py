@@ -15,11 +15,32 @@ identical tiles give back exactly their value (the identity round trip).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .tiling import Chip, TileGrid, blend_profile, coverage
 
-__all__ = ["StripMosaic"]
+__all__ = ["BlendWeights", "StripMosaic"]
+
+
+class BlendWeights(NamedTuple):
+    """The weights of a grid's blend: one tile's window, and the sums of the windows
+    along each axis (their outer product is ``Σ wᵢ`` at every pixel)."""
+
+    window: np.ndarray  # float32 (tile_size, tile_size): the weights of one tile's output
+    cov_y: np.ndarray  # float64 (height,): Σ of the tiles' row profiles
+    cov_x: np.ndarray  # float32 (width,): Σ of the tiles' column profiles
+
+    @classmethod
+    def of(cls, grid: TileGrid) -> BlendWeights:
+        profile = blend_profile(grid.tile_size, grid.overlap)
+        return cls(np.outer(profile, profile).astype(np.float32), coverage(grid.row_starts, grid.height, profile),
+                   coverage(grid.col_starts, grid.width, profile).astype(np.float32))
+
+    def weight_sum(self, first: int, n: int) -> np.ndarray:
+        """``Σ wᵢ`` of raster rows ``[first, first + n)``: float32 (n, width)."""
+        return np.outer(self.cov_y[first : first + n].astype(np.float32), self.cov_x)
 
 
 class StripMosaic:
@@ -32,10 +53,7 @@ class StripMosaic:
     def __init__(self, grid: TileGrid, channels: int = 3) -> None:
         self.grid = grid
         self.height, self.width, self.channels = grid.height, grid.width, channels
-        profile = blend_profile(grid.tile_size, grid.overlap)
-        self.window = np.outer(profile, profile).astype(np.float32)
-        self.cov_y = coverage(grid.row_starts, grid.height, profile)
-        self.cov_x = coverage(grid.col_starts, grid.width, profile).astype(np.float32)
+        self.weights = BlendWeights.of(grid)
         self.top = 0  # first raster row held (all rows above are handed out)
         self.bottom = 0  # one past the last raster row touched so far
         self._sum = np.zeros((channels, min(grid.tile_size, grid.height), grid.width), dtype=np.float32)
@@ -79,7 +97,7 @@ class StripMosaic:
         tc = c0 - chip.col_off
         for lo, hi, r in self._slots(r0, r1):
             tr = r - chip.row_off
-            w = self.window[tr : tr + hi - lo, tc : tc + c1 - c0]
+            w = self.weights.window[tr : tr + hi - lo, tc : tc + c1 - c0]
             self._sum[:, lo:hi, c0:c1] += output[:, tr : tr + hi - lo, tc : tc + c1 - c0] * w
 
     def pop_rows(self, upto: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -90,7 +108,7 @@ class StripMosaic:
         upto = min(upto, self.height)
         n = max(0, upto - self.top)
         self._ensure(self.top + n)
-        weight = np.outer(self.cov_y[self.top : self.top + n].astype(np.float32), self.cov_x)
+        weight = self.weights.weight_sum(self.top, n)
         blended = np.empty((self.channels, n, self.width), np.float32)
         for lo, hi, r in self._slots(self.top, self.top + n):
             i = r - self.top

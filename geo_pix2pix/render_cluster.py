@@ -10,16 +10,15 @@ feeds the finished rows to the same writer as a local run, so the output is the 
 bit for bit on the CPU. At most :func:`cluster.task_window` rows are submitted and not
 yet merged: memory on the client is a few tile rows, whatever the raster's height.
 
-Workers get the model once per process (:func:`cluster.worker_cached`): by its
+Workers get the model once per process (:class:`model_spec.ModelSpec`): by its
 checkpoint path (which every worker must be able to open, as the input raster), or, for
-a module given in Python, scattered to every worker from the client.
+a module given in Python, pickled and scattered to every worker from the client.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,11 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from .cluster import connect, in_order, worker_cached
+from .cluster import connect, in_order
+from .model_spec import ModelSpec
 from .rowblend import RowMerger, RowResult, render_tile_rows
 from .tiling import TileGrid
 
-__all__ = ["ClusterRowPipeline", "ModelRef", "RasterSpec", "RemoteRender"]
+__all__ = ["ClusterRowPipeline", "RasterSpec", "RemoteRender"]
 
 #: GDAL block cache of each task, MB (the task reads a few strips).
 TASK_GDAL_CACHE_MB = 16
@@ -63,40 +63,14 @@ class RasterSpec:
             yield raster
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """How a worker gets the model: ``path`` (None: the shipped default) or, when
-    ``scattered``, the module passed with the task."""
-
-    key: str  # cache key: the weights' hash, or a token for a scattered module
-    path: str | None = None
-    scattered: bool = False
-    device: str | None = None
-
-    def load(self, module: nn.Module | None) -> nn.Module:
-        def make() -> nn.Module:
-            if self.scattered:
-                assert module is not None
-                if self.device is not None:
-                    from .devices import resolve_device
-
-                    module.to(resolve_device(self.device))
-                return module.eval()
-            from .model import load_model
-
-            return load_model(self.path, self.device)
-
-        return worker_cached(("render-model", self.key, self.device), make)
-
-
-def _render_rows_task(rows: range, raster: RasterSpec, ref: ModelRef, module, grid: tuple,
+def _render_rows_task(rows: range, raster: RasterSpec, spec: ModelSpec, grid: tuple,
                       batch_size: int) -> list[RowResult]:
     import rasterio
 
     from .errors import CheckpointError, InputRasterError
 
     try:
-        model = ref.load(module)
+        model = spec.load_cached()
         with rasterio.Env(GDAL_CACHEMAX=TASK_GDAL_CACHE_MB), raster.open() as reader:
             return render_tile_rows(reader, model, TileGrid(*grid), rows, batch_size)
     except (InputRasterError, CheckpointError) as exc:
@@ -124,8 +98,7 @@ class ClusterRowPipeline:
         merger = RowMerger(g)
         k = max(1, -(-TILES_PER_TASK // g.shape[1]))  # tile rows per task
         tasks = (range(r, min(r + k, g.shape[0])) for r in range(0, g.shape[0], k))
-        args = (self.raster, self.remote.ref, self.remote.module,
-                (g.height, g.width, g.tile_size, g.overlap), self.batch_size)
+        args = (self.raster, self.remote.spec, (g.height, g.width, g.tile_size, g.overlap), self.batch_size)
         for results in in_order(self.remote.client, _render_rows_task, tasks, *args, name="geo-pix2pix-render"):
             for result in results:
                 self.rendered += result.rendered
@@ -137,11 +110,11 @@ class ClusterRowPipeline:
 
 
 class RemoteRender:
-    """The client side of a cluster render: the client, the model reference and, for a
-    module given in Python, its scattered copy."""
+    """The client side of a cluster render: the client, the model and how the workers get
+    it (a :class:`ModelSpec`, or for a module given in Python the future of its scattered spec)."""
 
-    def __init__(self, client, model: nn.Module, ref: ModelRef, module) -> None:
-        self.client, self.model, self.ref, self.module = client, model, ref, module
+    def __init__(self, client, model: nn.Module, spec) -> None:
+        self.client, self.model, self.spec = client, model, spec
 
     @classmethod
     @contextmanager
@@ -151,20 +124,17 @@ class RemoteRender:
         Yields a RemoteRender whose ``model`` is a client-side copy for the facts render
         needs (ground resolution, tile multiple); the workers load their own.
         """
-        from .model import default_model_path, load_model
+        from .model import load_model
 
         with connect(client) as c:
             if model is None or isinstance(model, (str, os.PathLike)):
-                path = None if model is None else os.path.abspath(os.fspath(model))
-                local = load_model(path, "cpu")
-                ref = ModelRef(local.identity or str(path or default_model_path()), path, device=device)
-                yield cls(c, local, ref, None)
+                local = load_model(model, "cpu")
+                yield cls(c, local, ModelSpec.of_file(model, local, device))
                 return
             module = model.eval()
-            ref = ModelRef(f"scattered-{uuid.uuid4().hex}", scattered=True, device=device)
-            future = c.scatter(module, broadcast=True, hash=False)
+            future = c.scatter(ModelSpec.of_module(module, device), broadcast=True, hash=False)
             try:
-                yield cls(c, module, ref, future)
+                yield cls(c, module, future)
             finally:
                 future.release()
 

@@ -31,8 +31,9 @@ import numpy as np
 from torch import nn
 
 from .model import COMPUTE_CHUNK, model_device, run_batch
+from .mosaic import BlendWeights
 from .pipeline import to_uint8
-from .tiling import TileGrid, blend_profile, coverage
+from .tiling import TileGrid
 
 __all__ = ["RowBands", "RowMerger", "RowResult", "render_tile_row", "render_tile_rows", "row_bands"]
 
@@ -54,8 +55,7 @@ def row_bands(grid: TileGrid, r: int) -> RowBands:
 
     start, end = clip(starts[r]), clip(starts[r] + t)
     top_end = max(start, min(clip(starts[r - 1] + t), end)) if r > 0 else start
-    later = clip(starts[r + 1]) if r + 1 < len(starts) else end  # = grid.rows_done_after(r)
-    return RowBands(start, top_end, max(top_end, min(later, end)), end)
+    return RowBands(start, top_end, max(top_end, min(grid.rows_done_after(r), end)), end)
 
 
 @dataclass
@@ -74,21 +74,9 @@ class RowResult:
         return sum(p.nbytes for _, p in self.top) + sum(a.nbytes for a in (self.own, self.bottom) if a is not None)
 
 
-def _weights(grid: TileGrid):
-    profile = blend_profile(grid.tile_size, grid.overlap)
-    window = np.outer(profile, profile).astype(np.float32)  # as StripMosaic
-    cov_y = coverage(grid.row_starts, grid.height, profile)
-    cov_x = coverage(grid.col_starts, grid.width, profile).astype(np.float32)
-    return window, cov_y, cov_x
-
-
-def _blend(sums: np.ndarray, first: int, cov_y: np.ndarray, cov_x: np.ndarray) -> np.ndarray:
-    """Finished rows from their weight sums, as :meth:`StripMosaic.pop_rows` + ``to_uint8``."""
-    n = sums.shape[1]
-    weight = np.outer(cov_y[first : first + n].astype(np.float32), cov_x)
-    blended = np.empty(sums.shape, np.float32)
-    np.divide(sums, weight, out=blended)
-    return to_uint8(blended)
+def _blend(sums: np.ndarray, first: int, weights: BlendWeights) -> np.ndarray:
+    """Finished rows from their weighted sums, as :meth:`StripMosaic.pop_rows` + ``to_uint8``."""
+    return to_uint8(sums / weights.weight_sum(first, sums.shape[1]))
 
 
 def render_tile_row(reader, model: nn.Module, grid: TileGrid, r: int, batch_size: int = 32) -> RowResult:
@@ -105,7 +93,7 @@ def render_tile_rows(reader, model: nn.Module, grid: TileGrid, rows: range, batc
     """:func:`render_tile_row` for consecutive tile rows, their tiles run in shared batches
     (a narrow raster's rows would each fill a fraction of a :data:`COMPUTE_CHUNK`)."""
     t, width = grid.tile_size, grid.width
-    window, cov_y, cov_x = _weights(grid)
+    weights = BlendWeights.of(grid)
     x0, x1 = grid.col_starts[0], grid.col_starts[-1] + t
     results, sums, queue = [], [], []
     for r in rows:
@@ -122,10 +110,10 @@ def render_tile_rows(reader, model: nn.Module, grid: TileGrid, rows: range, batc
         group = queue[i : i + step]
         outs = run_batch(model, np.stack([tile for _, _, tile in group]), device)
         for (k, chip, _), out in zip(group, outs, strict=True):
-            _split(chip, out, results[k], sums[k], window, width)
+            _split(chip, out, results[k], sums[k], weights.window, width)
     for result, partial in zip(results, sums, strict=True):
         n_own = result.bands.own_end - result.bands.top_end
-        result.own = _blend(partial[:, :n_own], result.bands.top_end, cov_y, cov_x)
+        result.own = _blend(partial[:, :n_own], result.bands.top_end, weights)
         result.bottom = partial[:, n_own:].copy()
     return results
 
@@ -152,7 +140,7 @@ class RowMerger:
 
     def __init__(self, grid: TileGrid) -> None:
         self.grid = grid
-        _, self.cov_y, self.cov_x = _weights(grid)
+        self.weights = BlendWeights.of(grid)
         self.next = 0  # tile row expected next
         self.first = 0  # raster row of sums[:, 0]
         self.sums = np.zeros((3, 0, grid.width), np.float32)  # running sums of unfinished rows
@@ -162,6 +150,7 @@ class RowMerger:
         return self.next == self.grid.shape[0]
 
     def add(self, result: RowResult) -> Iterator[tuple[int, np.ndarray]]:
+        """Merge ``result``, yielding the rows it finishes; its ``bottom`` is taken over (summed into)."""
         if result.row != self.next:
             raise ValueError(f"tile rows must come in order: got {result.row}, expected {self.next}")
         b = result.bands
@@ -173,11 +162,13 @@ class RowMerger:
         later = self.grid.rows_done_after(result.row)
         n = min(later, b.top_end) - self.first
         if n > 0:
-            yield self.first, _blend(self.sums[:, :n], self.first, self.cov_y, self.cov_x)
+            yield self.first, _blend(self.sums[:, :n], self.first, self.weights)
         if result.own is not None and result.own.shape[1]:
             yield b.top_end, result.own
-        bottom = np.zeros_like(result.bottom)
-        bottom += result.bottom  # 0 + x, exactly as the sequential sum starts
-        self.sums = np.concatenate([self.sums[:, max(n, 0):], bottom], axis=1)
+        rest = self.sums[:, max(n, 0):]  # rows three tile rows cover (overlap over half a tile)
+        if rest.shape[1]:
+            self.sums = np.concatenate([rest, result.bottom], axis=1)
+        else:  # the bottom's partial sum from zero is the running sum there: taken over, not copied
+            self.sums = result.bottom if result.bottom.flags.writeable else result.bottom.copy()
         self.first = b.end - self.sums.shape[1]  # what is left is contiguous up to the row's end
         self.next += 1

@@ -16,7 +16,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from tilesdata import HELSINKI, bbox_of, block, read_tree, write_xyz
+from tilesdata import HELSINKI, bbox_of, block, decode, read_tree, write_xyz
 
 from geo_pix2pix import render
 from geo_pix2pix.checkpoints import save_checkpoint
@@ -224,10 +224,13 @@ def test_cli_scheduler_option(make_raster, tmp_path, client, weights, one_thread
     _same_raster(local, remote)
     tiles = block(16, HELSINKI.x, HELSINKI.y, 2, 2)
     xyz = write_xyz(tmp_path / "src", tiles)
-    r = runner.invoke(main, ["-q", "tiles", str(xyz), str(tmp_path / "out"), "--zoom", "16", "--bbox",
-                             bbox_of(tiles), "--weights", str(weights[1]), "--scheduler", "local:1"])
-    assert r.exit_code == 0, r.output
-    assert len(read_tree(tmp_path / "out")) == 4
+    for dst, extra in ((tmp_path / "local_tiles", []), (tmp_path / "out", ["--scheduler", "local:1"])):
+        r = runner.invoke(main, ["-q", "tiles", str(xyz), str(dst), "--zoom", "16", "--bbox", bbox_of(tiles),
+                                 "--weights", str(weights[1]), *extra])
+        assert r.exit_code == 0, r.output
+    local, remote = read_tree(tmp_path / "local_tiles"), read_tree(tmp_path / "out")
+    assert len(remote) == 4 and remote.keys() == local.keys()
+    assert all(np.array_equal(decode(remote[k]), decode(local[k])) for k in local)
     r = runner.invoke(main, ["tiles", str(xyz), str(tmp_path / "o2"), "--zoom", "16", "-j", "2",
                              "--scheduler", address])
     assert r.exit_code == 1 and "give one of them" in r.output

@@ -17,6 +17,29 @@ from geo_pix2pix.checkpoints import load_checkpoint
 from geo_pix2pix.data import SideBySideFolder
 from geo_pix2pix.train import Trainer
 
+#: The train command, each rank also keeping its networks after training (only rank 0 writes checkpoints).
+EACH_RANK = """\
+import os
+
+import torch
+
+from geo_pix2pix.cli import main
+from geo_pix2pix.train import Trainer
+
+fit = Trainer.fit
+
+
+def fit_and_keep(self, *args, **kwargs):
+    final = fit(self, *args, **kwargs)
+    states = {"G": self.G.state_dict(), "D": self.D.state_dict()}
+    torch.save(states, os.path.join(os.environ["RANK_STATES"], f"{self.dist.rank}.pt"))
+    return final
+
+
+Trainer.fit = fit_and_keep
+main(prog_name="geo-pix2pix")
+"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -27,12 +50,15 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_gloo_processes_train_and_the_checkpoint_resumes_in_one(tmp_path):
     data = make_pairs(tmp_path / "d")
-    run = tmp_path / "run"
+    run, ranks = tmp_path / "run", tmp_path / "ranks"
+    ranks.mkdir()
+    script = tmp_path / "train_each_rank.py"
+    script.write_text(EACH_RANK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "geo_pix2pix", "-q", "train", str(data), str(run),
+           "--master_port", str(_free_port()), str(script), "-q", "train", str(data), str(run),
            "--width", "4", "--d-width", "4", "--steps", "3", "--batch-size", "1", "--load-size", "256-272",
            "--val-fraction", "0", "--device", "cpu", "--checkpoint-every", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RANK_STATES=str(ranks))
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -41,6 +67,12 @@ def test_two_gloo_processes_train_and_the_checkpoint_resumes_in_one(tmp_path):
     assert last.provenance["samples_seen"] == 6  # 2 processes × batch 1 × 3 steps
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["step"] for s in lines] == [3]  # rank 0 alone writes
+    # Gradients are averaged, so every rank took the same steps: rank 0's checkpoint holds every rank's weights.
+    states = [torch.load(ranks / f"{r}.pt", weights_only=True) for r in range(2)]
+    for net, saved in (("G", last.generator_state), ("D", last.discriminator_state)):
+        for state in states:
+            assert state[net].keys() == saved.keys()
+            assert all(torch.equal(state[net][k], v) for k, v in saved.items()), net
 
     # The checkpoint holds the plain networks: one process resumes it and goes on.
     t = Trainer(SideBySideFolder(data), run, config(steps=4, batch_size=1, load_size=(256, 272)), TINY_G, TINY_D)

@@ -13,6 +13,7 @@ from rasterio.warp import transform_bounds
 
 from geo_pix2pix.checkpoints import load_checkpoint
 from geo_pix2pix.cli import main
+from geo_pix2pix.data import Jitter, JitteredPairs
 from geo_pix2pix.errors import DatasetError, ResolutionWarning
 from geo_pix2pix.georef_pairs import RasterPairs
 from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
@@ -89,6 +90,7 @@ def test_tiles_align_across_crs_and_resolution(rasters):
         i = pairs.names.index("r0001c0001")
         m, a = pairs[i]
         assert m.shape == a.shape == (286, 286, 3) and m.dtype == a.dtype == np.uint8
+        assert pairs.size(i) == m.shape[:2]
         chip = pairs.chips[i]
         # The square, red on the map and white on the aerial, is at the same pixels.
         on_map = (m == MAP_SQUARE).all(axis=-1)
@@ -131,6 +133,13 @@ def test_paletted_map_is_expanded_to_rgb(tmp_path):
         m, _ = pairs[0]
         colours = {tuple(c) for c in m.reshape(-1, 3)}
         assert colours == {MAP_BG, MAP_SQUARE}
+
+
+def test_tiles_smaller_than_the_crop_are_refused_before_training(rasters):
+    with RasterPairs(*rasters, tile_size=200) as pairs:
+        with pytest.raises(DatasetError, match="is 200×200 px, smaller than the 256 px training crop"):
+            JitteredPairs(pairs, range(len(pairs)), Jitter())
+        assert JitteredPairs(pairs, range(len(pairs)), Jitter(load_size=(256, 256), crop_size=128)).sized
 
 
 def test_coarser_aerial_warns_and_disjoint_rasters_are_refused(tmp_path):

@@ -243,6 +243,8 @@ def test_run_and_load_results_and_render_layer_add_the_result_to_the_project(qgi
     assert new["progress_reports"] > 0
     again = _get(qgis_run, "render_layer_by_name_again")
     assert again["source"].endswith("/small/map_small_aerial_2.tif") and again["name"] == "second"
+    existing = _get(qgis_run, "render_layer_existing_output")
+    assert "map_small_aerial.tif' exists: pass --overwrite" in existing["raised"] and existing["untouched"]
 
 
 @pytest.mark.slow

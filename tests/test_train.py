@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from geo_pix2pix.checkpoints import load_checkpoint
-from geo_pix2pix.data import SideBySideFolder, TwoFolders, split_names
+from geo_pix2pix.data import Jitter, JitteredPairs, PairSource, SideBySideFolder, TwoFolders, split_names
 from geo_pix2pix.errors import CheckpointError, DatasetError
 from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
 from geo_pix2pix.train import TrainConfig, Trainer
@@ -115,6 +115,19 @@ def test_dataset_errors(tmp_path):
     (data / "aerial" / "t0.png").rename(data / "aerial" / "other.png")
     with pytest.raises(DatasetError, match="unpaired"):
         TwoFolders(data / "map", data / "aerial")
+
+
+def test_a_source_that_cannot_tell_sizes_is_checked_as_it_is_sampled():
+    class Unsized(PairSource):
+        names = ["small"]
+
+        def _load(self, index):
+            return np.zeros((200, 200, 3), np.uint8), np.zeros((200, 200, 3), np.uint8)
+
+    pairs = JitteredPairs(Unsized(), [0], Jitter())
+    assert not pairs.sized
+    with pytest.raises(DatasetError, match="'small' is 200×200 px, smaller than the 256 px training crop"):
+        pairs.sample(1)
 
 
 def test_resume_from_foreign_or_mismatched_checkpoint(tmp_path):

@@ -36,7 +36,7 @@ from ..devices import DEVICE_CHOICES
 from ..errors import GeoPix2PixError
 from ..model import PRECISIONS
 from .feedback import run_with_feedback
-from .layers import layer_source, xyz_url_template
+from .layers import find_layer, layer_source, xyz_url_template
 
 __all__ = ["RenderAlgorithm", "TilesAlgorithm"]
 
@@ -208,9 +208,7 @@ class TilesAlgorithm(_Algorithm):
     def _source(self, parameters, context: QgsProcessingContext) -> str:
         value = self.parameterAsString(parameters, self.SOURCE, context).strip()
         project = context.project()
-        layer = None
-        if project is not None and value:
-            layer = project.mapLayer(value) or next(iter(project.mapLayersByName(value)), None)
+        layer = find_layer(project, value) if project is not None and value else None
         if layer is None:
             return value
         url = xyz_url_template(layer)

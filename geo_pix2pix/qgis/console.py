@@ -14,14 +14,12 @@ algorithm "Render aerial imagery from map" to run in the background.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from qgis.core import QgsProcessingFeedback, QgsProject, QgsRasterLayer
 
-from ..errors import OutputExistsError
 from .compat import isolate_rasterio
 from .feedback import run_with_feedback
-from .layers import default_output_path, layer_source, load_output_layer
+from .layers import default_output_path, find_layer, layer_source, load_output_layer
 
 __all__ = ["render_layer"]
 
@@ -47,26 +45,17 @@ def render_layer(
     subclasses); a run cancelled through ``feedback`` raises
     :class:`~geo_pix2pix.qgis.feedback.Canceled` and writes nothing.
     """
-    from ..model import load_model
     from ..render import render
 
     isolate_rasterio()
     project = project or QgsProject.instance()
     if isinstance(layer, str):
-        found = project.mapLayer(layer) or next(iter(project.mapLayersByName(layer)), None)
+        found = find_layer(project, layer)
         if found is None:
             raise ValueError(f"no layer with id or name {layer!r} in the project: pass a QgsRasterLayer")
         layer = found
     src = layer_source(layer)
-    if out_path is None:
-        out = default_output_path(src)
-    else:
-        out = Path(out_path)
-        if out.exists() and not options.get("overwrite"):
-            raise OutputExistsError(f"output {str(out)!r} exists: pass overwrite=True to replace it")
-    model = options.pop("model", None)
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_model(model, options.get("device"))
+    out = default_output_path(src) if out_path is None else out_path  # render refuses an existing one
     result = run_with_feedback(render, feedback, f"render of {layer.name()!r} canceled: nothing was written",
-                               processing=False, src=src, dst=out, model=model, **options)
+                               processing=False, src=src, dst=out, **options)
     return load_output_layer(result.path, name or f"{layer.name()} (aerial)", project)

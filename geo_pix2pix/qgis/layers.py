@@ -18,10 +18,15 @@ from qgis.core import QgsProject, QgsProviderRegistry, QgsRasterLayer
 
 from ..errors import InputRasterError
 
-__all__ = ["default_output_path", "layer_source", "load_output_layer", "xyz_url_template"]
+__all__ = ["default_output_path", "find_layer", "layer_source", "load_output_layer", "xyz_url_template"]
 
 SUPPORTED = ("a raster layer read by GDAL (QGIS's 'gdal' provider): a GeoTIFF, PNG/JPEG, VRT or "
              "GeoPackage raster file")
+
+
+def find_layer(project: QgsProject, id_or_name: str):
+    """The layer of ``project`` with the id ``id_or_name``, else the first of that name; None if none."""
+    return project.mapLayer(id_or_name) or next(iter(project.mapLayersByName(id_or_name)), None)
 
 
 def layer_source(layer: QgsRasterLayer) -> str:

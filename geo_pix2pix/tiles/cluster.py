@@ -5,7 +5,7 @@ with Dask tasks instead: each metatile job is a task, results come back in compl
 order to the single writer in the calling process (tiles, then manifest rows, as in a
 local run), and at most :func:`geo_pix2pix.cluster.task_window` jobs are out at once.
 
-Each worker process loads the model once (:func:`geo_pix2pix.cluster.worker_cached`):
+Each worker process loads the model once (:class:`geo_pix2pix.model_spec.ModelSpec`):
 from its weights file when the run was given a path (every worker must be able to open
 it, as the source), or unpickled from one copy scattered to every worker. The source
 travels with each job (sources pickle without their open handles) and is closed at the
@@ -20,11 +20,11 @@ from collections.abc import Iterable, Iterator
 
 from torch import nn
 
-from ..cluster import as_done, connect, worker_cached
+from ..cluster import as_done, connect
 from ..errors import TileSourceError
+from ..model_spec import ModelSpec
 from .metatile import MetaJob, MetaResult, RenderSettings, run_metatile
 from .sources import MBTilesFile, RasterSource, TileSource, XYZFolder
-from .workers import ModelSpec
 
 __all__ = ["run_jobs_on_cluster"]
 
@@ -39,7 +39,7 @@ def _check_visible(source: TileSource) -> None:
 
 def _run_job_task(job: MetaJob, source: TileSource, settings: RenderSettings, spec: ModelSpec) -> MetaResult:
     _check_visible(source)
-    model = worker_cached(("tiles-model", settings.digest, spec.from_path, spec.path, spec.device), spec.load)
+    model = spec.load_cached()
     try:
         return run_metatile(job, source, model, settings)
     finally:
@@ -50,15 +50,11 @@ def run_jobs_on_cluster(jobs: Iterable[MetaJob], source: TileSource, model: nn.M
                         client, spec: ModelSpec | None = None) -> Iterator[MetaResult]:
     """Yield the result of every job, run on the Dask cluster ``client`` (a Client, an
     address or ``local:N``), in completion order."""
-    if spec is not None and spec.from_path:
-        path = None if spec.path is None else os.path.abspath(spec.path)
-        spec = ModelSpec(model, path, from_path=True, device=spec.device)
     with connect(client) as c:
         shared = None
-        if spec is None or not spec.from_path:
+        if spec is None or spec.blob is not None:
             # One pickled copy of the module, sent once to every worker, not once per job.
-            spec = spec or ModelSpec(model)
-            shared = c.scatter(spec, broadcast=True, hash=False)
+            shared = c.scatter(spec or ModelSpec.of_module(model), broadcast=True, hash=False)
         try:
             yield from as_done(c, _run_job_task, jobs, source, settings, shared or spec, name="geo-pix2pix-tiles")
         finally:

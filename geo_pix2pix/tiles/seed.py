@@ -29,6 +29,7 @@ import mercantile
 from torch import nn
 
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
+from ..model_spec import ModelSpec
 from .area import Area
 from .imaging import decode, downsample, encode
 from .manifest import DestinationLock, Manifest, model_identity, settings_digest, tile_key, work_dir
@@ -38,7 +39,7 @@ from .plan import Plan
 from .sinks import MBTilesSink, PMTilesSink, TileSetInfo, XYZSink, sink_kind
 from .sources import TileSource, open_source
 from .tilemath import ChipGrid, native_zoom, parse_expire, parse_zoom_range, resolution_at, tiles_at_zoom
-from .workers import ModelSpec, run_jobs
+from .workers import run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def _resolve_model(model, device) -> tuple[nn.Module, ModelSpec | None]:
     if model is None or isinstance(model, (str, os.PathLike)):
         path = None if model is None else os.fspath(model)
         loaded = load_model(path, device)
-        return loaded, ModelSpec(loaded, path, from_path=True, device=device)
+        return loaded, ModelSpec.of_file(path, loaded, device)
     if device is not None:
         from ..devices import resolve_device
 

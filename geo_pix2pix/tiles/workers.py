@@ -12,35 +12,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from torch import nn
 
+from ..model_spec import ModelSpec
 from .metatile import MetaJob, MetaResult, RenderSettings, run_metatile
 from .sources import TileSource
 
-__all__ = ["ModelSpec", "run_jobs"]
+__all__ = ["run_jobs"]
 
 _WORKER: dict = {}
-
-
-class ModelSpec:
-    """How a worker gets the model: a weights path (``None``: the default model) or
-    the pickled module itself."""
-
-    def __init__(self, model: nn.Module, path: str | None = None, from_path: bool = False,
-                 device: str | None = None) -> None:
-        self.path, self.from_path, self.device = path, from_path, device
-        self.blob = None if from_path else pickle.dumps(model)
-
-    def load(self) -> nn.Module:
-        if self.from_path:
-            from ..model import load_model
-
-            return load_model(self.path, self.device)
-        return pickle.loads(self.blob).eval()
 
 
 def _init_worker(source: TileSource, spec: ModelSpec, settings: RenderSettings, threads: int) -> None:
@@ -67,7 +50,7 @@ def run_jobs(jobs: Iterable[MetaJob], source: TileSource, model: nn.Module, sett
         for job in jobs:
             yield run_metatile(job, source, model, settings)
         return
-    spec = spec or ModelSpec(model)
+    spec = spec or ModelSpec.of_module(model)
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,

@@ -223,6 +223,20 @@ def _():
     return {"source": new.source(), "name": new.name(), "files": files_in(small_path.parent)}
 
 
+@check("render_layer_existing_output")
+def _():
+    from geo_pix2pix.errors import OutputExistsError
+
+    out = small_path.parent / "map_small_aerial.tif"  # made by render_layer above
+    before = out.read_bytes()
+    try:
+        render_layer(small, out)
+        raised = None
+    except OutputExistsError as exc:
+        raised = str(exc)
+    return {"raised": raised, "untouched": out.read_bytes() == before}
+
+
 @check("cancel")
 def _():
     out_dir = WORK / "cancel"
