@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from geo_pix2pix import Generator
-from geo_pix2pix.engine import InferenceUNet, SubPixelDeconv, fold_batch_norm
+from geo_pix2pix.engine import InferenceUNet, PackedConv, SubPixelDeconv, fold_batch_norm, packing_available
 from geo_pix2pix.model import Pix2PixModel, run_batch
 from geo_pix2pix.networks import GeneratorConfig
 
@@ -110,3 +110,41 @@ def test_model_with_autograd_runs_the_generator():
     x = torch.rand(1, 3, 256, 256, requires_grad=True)
     model(x).mean().backward()  # the engine has no autograd; the generator does
     assert x.grad is not None and model.__dict__.get("_engine") is None
+
+
+needs_packing = pytest.mark.skipif(not packing_available(), reason="this PyTorch has no oneDNN")
+
+
+@needs_packing
+@pytest.mark.parametrize("shape", [(8, 3, 256, 256), (1, 3, 256, 256), (3, 3, 512, 256)])
+def test_packed_engine_equals_unpacked(shape):
+    """Prepacked weights are only a layout hint: any batch and tile size gives the same result."""
+    g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
+    x = torch.rand(*shape) * 2 - 1
+    packed, plain = InferenceUNet(g), InferenceUNet(g, pack=False)
+    assert packed.packed and not plain.packed
+    assert any(isinstance(m, PackedConv) for m in packed.modules())
+    with torch.no_grad():
+        got, want, ref = packed(x), plain(x), g(x)
+    assert float((got - want).abs().max()) < 1e-5
+    assert float((got - ref).abs().max()) < 1e-4
+
+
+def test_engine_packs_only_where_it_was_measured():
+    inst = InferenceUNet(trained_like(GeneratorConfig(base_width=8, norm="instance")))
+    quantisable = InferenceUNet(trained_like(GeneratorConfig(base_width=8, norm="batch")), subpixel_decoder=True)
+    assert not inst.packed and not quantisable.packed
+    assert not any(isinstance(m, PackedConv) for m in [*inst.modules(), *quantisable.modules()])
+
+
+@needs_packing
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("activation, slope", [("none", 0.0), ("relu", 0.0), ("leaky_relu", 0.2)])
+def test_packed_conv_equals_conv_and_activation(transposed, activation, slope):
+    torch.manual_seed(2)
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(6, 10, 4, stride=2, padding=1)
+    x = torch.randn(2, 6, 9, 5).contiguous(memory_format=torch.channels_last)
+    act = {"none": nn.Identity(), "relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(slope)}[activation]
+    with torch.no_grad():
+        got = PackedConv(conv, activation, slope, input_size=(8, 6, 32, 32))(x)
+        assert float((got - act(conv(x))).abs().max()) < 1e-5
