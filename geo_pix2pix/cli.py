@@ -335,7 +335,7 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
                    "training folder, as for train (the map halves of its training split are used).")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="BtoA", show_default=True,
               help="side-by-side only: BtoA = right half is the map.")
-@click.option("--tiles", "max_tiles", type=int, default=256, show_default=True,
+@click.option("--tiles", "max_tiles", type=int, default=1024, show_default=True,
               help="Map tiles to observe (spread evenly over DATA).")
 @overwrite_opt
 @click.pass_context

@@ -16,7 +16,7 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
 - **The last layer as a sub-pixel convolution** (:class:`SubPixelDeconv`). A stride-2
   transposed convolution to 3 channels runs at a fraction of the machine's rate (its
   output has so few channels that the matrix products are thin). The same function is
-  a 2 × 2 convolution to 4 × 3 channels followed by a pixel shuffle: 2.7× faster
+  a 2 × 2 convolution to 4 × 3 channels whose four parities are interleaved: 2.7× faster
   here. For the wide decoder layers oneDNN's own transposed convolution is faster in
   float32, so they stay; the int8 path (:mod:`quantize`) converts them all.
 - **Weights reordered once, activations fused** (:class:`PackedConv`, CPU, float32,
@@ -40,7 +40,8 @@ from torch import nn
 
 from .networks import Generator
 
-__all__ = ["InferenceUNet", "PackedConv", "SubPixelDeconv", "fold_batch_norm", "packing_available"]
+__all__ = ["ChannelsLast", "InferenceUNet", "PackedConv", "ParityInterleave", "SubPixelDeconv", "fold_batch_norm",
+           "packing_available"]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +85,7 @@ class SubPixelDeconv(nn.Module):
     ``i, i + 1`` for odd ones, likewise for columns. One 2 × 2 convolution with
     padding 1 computes all four parities at once, as ``4 · C_out`` channels over an
     ``(H + 1) × (W + 1)`` grid (channel ``4c + 2a + b``); parity ``(a, b)`` is that
-    grid shifted by ``(a, b)``, and a pixel shuffle interleaves the four. The same
+    grid shifted by ``(a, b)``, and :class:`ParityInterleave` interleaves the four. The same
     multiply-adds as the transposed convolution (plus one row and column), but as a
     plain convolution, which int8 kernels quantise per output channel (PyTorch cannot
     quantise a transposed convolution per channel, and per tensor it loses the
@@ -111,14 +112,32 @@ class SubPixelDeconv(nn.Module):
             self.conv.weight.copy_(k.reshape(4 * cout, cin, 2, 2))
             bias = deconv.bias if deconv.bias is not None else w.new_zeros(cout)
             self.conv.bias.copy_(bias.detach().repeat_interleave(4))
-        self.shuffle = nn.PixelShuffle(2)
+        self.interleave = ParityInterleave()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        z = self.conv(x)  # (N, 4·C_out, H + 1, W + 1)
-        parts = [z[:, 2 * a + b :: 4, a : a + h, b : b + w] for a in range(2) for b in range(2)]
-        y = torch.stack(parts, dim=2)  # (N, C_out, 4, H, W)
-        return self.shuffle(y.reshape(n, -1, h, w))  # (N, C_out, 2H, 2W)
+        return self.interleave(self.conv(x))
+
+
+class ParityInterleave(nn.Module):
+    """The last step of :class:`SubPixelDeconv`: ``(N, 4·C, H + 1, W + 1)`` → ``(N, C, 2H, 2W)``.
+
+    Parity ``(a, b)`` (channels ``4c + 2a + b``) is the grid shifted by ``(a, b)``. The
+    result is laid out channels-last (memory order N, 2H, 2W, C), what the next
+    convolution wants, built with two stacks of views and no pixel shuffle. A module of
+    its own so that the int8 path can keep it in float (:mod:`quantize`).
+    """
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n, _, h1, w1 = z.shape
+        h, w = h1 - 1, w1 - 1
+        z = z.reshape(n, -1, 4, h1, w1)  # (N, C, parity, H + 1, W + 1), a view
+        rows = []
+        for a in range(2):
+            parts = [z.narrow(2, 2 * a + b, 1).squeeze(2).narrow(2, a, h).narrow(3, b, w).permute(0, 2, 3, 1)
+                     for b in range(2)]  # (N, H, W, C) each
+            rows.append(torch.stack(parts, dim=3))  # (N, H, W, 2, C)
+        y = torch.stack(rows, dim=2)  # (N, H, 2, W, 2, C)
+        return y.reshape(n, 2 * h, 2 * w, -1).permute(0, 3, 1, 2)  # (N, C, 2H, 2W), channels-last
 
 
 def packing_available() -> bool:
@@ -167,6 +186,14 @@ class PackedConv(nn.Module):
             x, self.weight, self.bias, padding, stride, dilation, 1, self.activation, self.scalars, "")
 
 
+class ChannelsLast(nn.Module):
+    """The engine's input converted to channels-last (a module: the int8 path keeps it in
+    float, so that the map itself is not quantised on the way in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 class _Block(nn.Module):
     """conv → [norm] → activation, the activation in place. Modules, not functions,
     so that quantisation (:mod:`quantize`) recognises and fuses them."""
@@ -213,6 +240,7 @@ class InferenceUNet(nn.Module):
             # than it saves (default model: 55 vs 62 tiles/s, benchmarks/model_throughput.py).
             channels_last = not any(isinstance(m, nn.InstanceNorm2d) for m in self.modules())
         self.channels_last = channels_last
+        self.layout = ChannelsLast() if channels_last else nn.Identity()
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if pack is None:
@@ -238,8 +266,7 @@ class InferenceUNet(nn.Module):
         self.head.conv = PackedConv(conv, input_size=(batch, conv.in_channels, size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.layout(x)
         skips = []
         for down in self.downs:  # (N, 3, 256, 256) → … → (N, 512, 1, 1)
             x = down(x)

@@ -58,6 +58,7 @@ def test_subpixel_deconv_equals_transposed_conv(cin, cout, size, bias):
     with torch.no_grad():
         got = SubPixelDeconv(deconv)(x)
         assert got.shape == (2, cout, 2 * size, 2 * size + 4)
+        assert got.is_contiguous(memory_format=torch.channels_last)  # what the next convolution wants
         assert float((got - deconv(x)).abs().max()) < 1e-5
 
 

@@ -81,6 +81,28 @@ def test_calibration_of_another_network_is_refused(calibrated):
         quantize(other, cal)
 
 
+def test_calibration_of_an_older_format_is_refused(calibrated):
+    gen, cal = calibrated
+    with pytest.raises(CheckpointError, match="not one this geo-pix2pix reads: run 'geo-pix2pix calibrate' again"):
+        quantize(gen, {**cal, "format": 1})
+
+
+def test_int8_engine_keeps_the_map_and_the_interleave_in_float(calibrated):
+    """The input reaches the float layers unquantised, the graph is channels-last, and
+    each sub-pixel interleave runs on float values (one dequantise, one quantise)."""
+    gen, cal = calibrated
+    q = quantize(gen, cal)
+    nodes = list(q.graph.nodes)
+    first_call = next(n for n in nodes if n.op != "placeholder")
+    assert "quantize" not in str(first_call.target), first_call
+    quantises = [n for n in nodes if n.target is torch.quantize_per_tensor]
+    # the two float layers' outputs (conv input, skip) and one after each interleave
+    assert len(quantises) == 2 + len(gen.ups) + 1
+    x = torch.from_numpy(map_like(1, seed=4)).float() / 127.5 - 1
+    with torch.no_grad():
+        assert q(x).shape == x.shape
+
+
 def test_cli_calibrate_then_render_int8(tmp_path, make_raster, calibrated):
     gen, _ = calibrated
     weights = save_checkpoint(tmp_path / "plain.pt", gen)
