@@ -5,7 +5,7 @@ In one process, in interleaved rounds (median printed):
 - *model only*: ``run_batch`` on the tiles of the render's grid, already in memory
   (the ceiling for the end-to-end figure);
 - *render*: :func:`geo_pix2pix.render` from GeoTIFF to GeoTIFF, at overlap 0 (the same
-  tiles as the model-only run) and at the default overlap (64), with the share of the
+  tiles as the model-only run, with and without overviews) and at the default overlap (64), with the share of the
   wall time spent outside the model (reading, cutting, blending, converting, writing,
   overviews) measured by timing every model call inside the render;
 - *reference tile loop*: what a script around the pix2pix reference code does: for
@@ -125,7 +125,9 @@ def main() -> None:
         grid = TileGrid(args.size, args.size, 256, 0)
         tiles = np.stack([rgb[:, r : r + 256, c : c + 256] for r in grid.row_starts for c in grid.col_starts])
         times: dict[str, list[float]] = {}
-        model_share: dict[str, list[float]] = {"render, overlap 0": [], "render, overlap 64": []}
+        runs = {"render, overlap 0": (0, True), "render, overlap 0, no overviews": (0, False),
+                "render, overlap 64": (64, True)}
+        model_share: dict[str, list[float]] = {label: [] for label in runs}
 
         def clock(label, fn):
             t0 = time.perf_counter()
@@ -135,11 +137,10 @@ def main() -> None:
         for _ in range(args.rounds):
             clock("model only (overlap-0 tiles)", lambda: [run_batch(model, tiles[i : i + 64])
                                                            for i in range(0, len(tiles), 64)])
-            for overlap in (0, 64):
-                label = f"render, overlap {overlap}"
+            for label, (overlap, overviews) in runs.items():
                 with ModelClock() as mc:
-                    clock(label, lambda o=overlap: geo_pix2pix.render(src, dst, model=model, overlap=o,
-                                                                      overwrite=True))
+                    clock(label, lambda o=overlap, v=overviews: geo_pix2pix.render(
+                        src, dst, model=model, overlap=o, overviews=v, overwrite=True))
                 model_share[label].append(mc.seconds)
             clock("reference tile loop", lambda: reference_loop(src, Path(tmp) / "ref.tif", ref))
         peak = peak_memory(src, dst, args.weights, args.precision)
@@ -157,7 +158,7 @@ def main() -> None:
             outside = 1 - statistics.median(m / w for m, w in zip(model_share[label], ts, strict=True))
             extra = f"  outside the model: {100 * outside:4.1f} %"
             record[label + " outside_model"] = outside
-        print(f"  {label:30s} {t:7.2f} s  {mp / t:6.2f} MP/s  {base / t:5.2f} of model only  "
+        print(f"  {label:32s} {t:7.2f} s  {mp / t:6.2f} MP/s  {base / t:5.2f} of model only  "
               f"×{ref_t / t:4.2f} reference loop{extra}")
         record[label] = {"seconds": t, "mp_per_s": mp / t}
     print(f"  peak resident memory of one render (overlap 64, fresh process): {peak:.0f} MB")

@@ -12,6 +12,11 @@ One process, same networks (same initial weights), same batch, same data pipelin
 Models: ``default`` (the shipped model's shapes: G width 24, D width 32, instance
 norm, batch 4) and ``paper`` (G width 64, D width 64, BatchNorm, batch 1).
 
+It also prints the work of one step (forward and backward, counted by
+``torch.utils.flop_counter``), the GFLOP/s each way achieves and its share of the
+machine's fp32 matrix-product rate measured in the same rounds: how much room a faster
+step could have on this machine at all.
+
     python benchmarks/train_throughput.py [--models default paper] [--seconds 20] [--rounds 2]
 """
 
@@ -27,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from geo_pix2pix.data import PairSource
 from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
 from geo_pix2pix.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_throughput import rate  # noqa: E402
+from model_throughput import matmul_gflops, rate  # noqa: E402
 
 SETUPS = {
     "default": (GeneratorConfig(base_width=24, norm="instance"),
@@ -98,15 +104,22 @@ def main() -> None:
             trainer = Trainer(RandomPairs(), tmp, TrainConfig(batch_size=batch, load_size=(286, 286), val_fraction=0.0),
                               gconf, dconf, device="cpu")
             ref = ReferenceStep(trainer)
+            with FlopCounterMode(display=False) as counter:
+                ref()
+            gflop = counter.get_total_flops() / 1e9
             rates: dict[str, list[float]] = {"reference recipe": [], "Trainer.step": []}
+            peaks = []
             for _ in range(args.rounds):
+                peaks.append(matmul_gflops(args.seconds / 4))
                 rates["reference recipe"].append(rate(ref, 1, args.seconds))
                 rates["Trainer.step"].append(rate(trainer.step, 1, args.seconds))
-        r_ref = statistics.median(rates["reference recipe"])
-        print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}")
+        r_ref, peak = statistics.median(rates["reference recipe"]), statistics.median(peaks)
+        print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}; "
+              f"{gflop:.1f} GFLOP per step; fp32 2048² matrix product: {peak:.0f} GFLOP/s")
         for label, rs in rates.items():
             r = statistics.median(rs)
-            print(f"  {label:18s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}   rounds: {', '.join(f'{x:.3f}' for x in rs)}")
+            print(f"  {label:18s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}  {r * gflop:6.1f} GFLOP/s "
+                  f"({100 * r * gflop / peak:5.1f} % of matmul)   rounds: {', '.join(f'{x:.3f}' for x in rs)}")
 
 
 if __name__ == "__main__":

@@ -119,10 +119,13 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF.")
 @click.option("--compress", default="deflate", show_default=True,
               type=click.Choice(["deflate", "lzw", "zstd", "jpeg", "none"], case_sensitive=False))
+@click.option("--overviews/--no-overviews", default=True, show_default=True,
+              help="Build internal overviews (2×, 4×, … average) in a GeoTIFF DST; skipping them saves "
+                   "about a tenth of the time for output that is only an intermediate step.")
 @scheduler_opt
 @click.pass_context
 def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overwrite, bands, model_grid, cog,
-           compress, scheduler):
+           compress, overviews, scheduler):
     """Render the map raster SRC into a synthetic aerial image DST.
 
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
@@ -134,6 +137,9 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
 
     if scheduler and precision != "fp32":
         raise OptionError(f"--precision {precision} is not supported with --scheduler yet: use fp32 on a cluster")
+    if cog and not overviews:
+        raise OptionError("--cog --no-overviews: a Cloud Optimized GeoTIFF is made with its overviews; "
+                          "drop --no-overviews, or --cog for a plain GeoTIFF")
     # On a cluster, each worker loads the checkpoint itself, by its path, on its --device.
     model = weights if scheduler else load_model(weights, device, precision=precision)
     bar, update = _progress_bar(ctx, "render")
@@ -141,7 +147,7 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
         result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size,
                            device=device if scheduler else None, client=scheduler,
                            overwrite=overwrite, progress=update, bands=bands, model_grid=model_grid,
-                           cog=cog, compress=compress)
+                           cog=cog, compress=compress, overviews=overviews)
     note = " (resampled to the model's resolution)" if result.resampled else ""
     if not ctx.meta.get("quiet"):
         click.echo(f"wrote {result.path} ({result.width}×{result.height}, "

@@ -7,6 +7,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from clihelpers import assert_user_error
 
 from geo_pix2pix.checkpoints import save_checkpoint
 from geo_pix2pix.cli import main
@@ -23,6 +24,20 @@ def weights(tmp_path):
 def run(*args):
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     return result
+
+
+def test_render_no_overviews_skips_only_the_overviews(make_raster, tmp_path, weights):
+    src = make_raster(600, 500, crs="EPSG:32635", res=2.0)
+    with_ovr, without = tmp_path / "a.tif", tmp_path / "b.tif"
+    assert run("render", src, with_ovr, "--weights", weights).exit_code == 0
+    assert run("render", src, without, "--weights", weights, "--no-overviews").exit_code == 0
+    with rasterio.open(with_ovr) as a, rasterio.open(without) as b:
+        assert a.overviews(1) == [2] and b.overviews(1) == []
+        assert b.crs == a.crs and b.transform == a.transform
+        assert np.array_equal(a.read(), b.read())
+    result = run("render", src, tmp_path / "c.tif", "--weights", weights, "--cog", "--no-overviews")
+    assert_user_error(result, "--cog --no-overviews")
+    assert not (tmp_path / "c.tif").exists()
 
 
 def test_render_writes_a_georeferenced_tiled_geotiff_with_overviews(make_raster, tmp_path, weights):
