@@ -4,10 +4,12 @@ One process, same networks (same initial weights), same batch, same data pipelin
 (``Trainer.data``, the jittered pairs), in interleaved rounds (median printed):
 
 - *reference*: one optimisation step written the way the reference code
-  (``pix2pix_model.py``) does it: eager fp32, contiguous (NCHW) tensors, D on the fake
-  and on the real pair in two calls, D frozen (``requires_grad=False``) while G's loss
-  is backpropagated, ``torch.optim.Adam`` with its defaults;
-- *engine*: :meth:`geo_pix2pix.train.Trainer.step`.
+  (``pix2pix_model.py``) does it: eager fp32, plain PyTorch layers, contiguous (NCHW)
+  tensors, D on the fake and on the real pair in two calls, D frozen
+  (``requires_grad=False``) while G's loss is backpropagated, ``torch.optim.Adam`` with
+  its defaults;
+- *engine*: :meth:`geo_pix2pix.train.Trainer.step`, inside
+  :func:`geo_pix2pix.heap.kept_heap` as :meth:`~geo_pix2pix.train.Trainer.fit` runs it.
 
 Models: ``default`` (the shipped model's shapes: G width 24, D width 32, instance
 norm, batch 4) and ``paper`` (G width 64, D width 64, BatchNorm, batch 1).
@@ -35,6 +37,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from geo_pix2pix.data import PairSource
+from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
 from geo_pix2pix.train import TrainConfig, Trainer
 
@@ -61,11 +64,33 @@ class RandomPairs(PairSource):
         return self.pairs[index]
 
 
+class ReferenceGenerator(nn.Module):
+    """The U-Net as the reference code runs it: every layer a plain module (no
+    :func:`geo_pix2pix.networks.conv_transpose`), on a copy of the trainer's weights."""
+
+    def __init__(self, gen: nn.Module) -> None:
+        super().__init__()
+        gen = copy.deepcopy(gen)
+        self.downs = nn.ModuleList(nn.Sequential(d.conv, d.norm, nn.LeakyReLU(0.2)) for d in gen.downs)
+        self.ups = nn.ModuleList(nn.Sequential(u.conv, u.norm, u.drop, nn.ReLU()) for u in gen.ups)
+        self.head = gen.head
+
+    def forward(self, x):
+        skips = []
+        for d in self.downs:
+            x = d(x)
+            skips.append(x)
+        skips.pop()
+        for u in self.ups:
+            x = torch.cat([u(x), skips.pop()], 1)
+        return self.head(x)
+
+
 class ReferenceStep:
     """The reference recipe's optimisation step on copies of the trainer's networks."""
 
     def __init__(self, trainer: Trainer) -> None:
-        self.G, self.D = copy.deepcopy(trainer.G).train(), copy.deepcopy(trainer.D).train()
+        self.G, self.D = ReferenceGenerator(trainer.G).train(), copy.deepcopy(trainer.D).train()
         c = trainer.config
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
@@ -112,7 +137,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 peaks.append(matmul_gflops(args.seconds / 4))
                 rates["reference recipe"].append(rate(ref, 1, args.seconds))
-                rates["Trainer.step"].append(rate(trainer.step, 1, args.seconds))
+                with kept_heap():  # as Trainer.fit runs its steps
+                    rates["Trainer.step"].append(rate(trainer.step, 1, args.seconds))
         r_ref, peak = statistics.median(rates["reference recipe"]), statistics.median(peaks)
         print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}; "
               f"{gflop:.1f} GFLOP per step; fp32 2048² matrix product: {peak:.0f} GFLOP/s")

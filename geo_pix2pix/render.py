@@ -39,6 +39,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from .errors import OptionError, OutputPathError
+from .heap import kept_heap
 from .model import load_model, model_device
 from .pipeline import TilePipeline
 from .raster import (
@@ -172,6 +173,7 @@ def render(
         }
         # A setting the user made in the environment wins.
         stack.enter_context(rasterio.Env(**{k: v for k, v in gdal_defaults.items() if k not in os.environ}))
+        stack.enter_context(kept_heap())  # batches reuse memory instead of faulting in fresh pages
         raster = stack.enter_context(open_map_raster(src, bands))
         in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
                                    raster.width, raster.height) if raster.georeferenced else None

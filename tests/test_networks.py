@@ -93,3 +93,27 @@ def test_config_validation():
 def test_receptive_field():
     assert receptive_field(1) == 4
     assert receptive_field(8) == 766
+
+
+@pytest.mark.parametrize("cin, cout, size, batch", [(512, 512, 1, 1), (1024, 512, 2, 1), (1024, 512, 8, 1),
+                                                    (64, 32, 4, 2)])
+def test_conv_transpose_is_the_same_function_and_gradient(cin, cout, size, batch):
+    """The matrix-product form of the wide innermost layers (and the plain path for the
+    others) gives the transposed convolution's output and gradients."""
+    from torch.nn import functional as F
+
+    from geo_pix2pix.networks import conv_transpose
+
+    torch.manual_seed(size)
+    conv = torch.nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=True)
+    x = torch.randn(batch, cin, size, size, requires_grad=True)
+    got = conv_transpose(conv, x)
+    got.square().sum().backward()
+    gx, gw, gb = x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()
+    x.grad = conv.weight.grad = conv.bias.grad = None
+    want = F.conv_transpose2d(x, conv.weight, conv.bias, 2, 1)
+    want.square().sum().backward()
+    assert got.shape == want.shape == (batch, cout, 2 * size, 2 * size)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(gx, x.grad, atol=1e-4) and torch.allclose(gw, conv.weight.grad, atol=1e-4)
+    assert torch.allclose(gb, conv.bias.grad, atol=1e-3)

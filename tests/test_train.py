@@ -64,6 +64,8 @@ def test_train_writes_checkpoints_metrics_and_resumes_exactly(tmp_path):
     second = Trainer(src, tmp_path / "b", config(steps=4), TINY_G, TINY_D)
     second.resume(tmp_path / "b" / "last.pt")
     assert second.state.step == 2
+    # Adam's fused kernel on the CPU, whatever the checkpoint's optimiser state says
+    assert all(g["fused"] for opt in (second.opt_g, second.opt_d) for g in opt.param_groups)
     second.fit()
 
     for (k, x), (_, y) in zip(straight.G.state_dict().items(), second.G.state_dict().items(), strict=False):

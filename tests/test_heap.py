@@ -1,0 +1,73 @@
+"""kept_heap: malloc settings changed once, restored when the last user leaves."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from geo_pix2pix import heap
+
+
+class FakeLibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
+
+
+def test_nested_and_concurrent_uses_share_one_setting(monkeypatch):
+    fake = FakeLibc()
+    monkeypatch.setattr(heap, "_LIBC", fake)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other_user():
+        with heap.kept_heap():
+            inside.set()
+            release.wait(5)
+
+    with heap.kept_heap():
+        with heap.kept_heap():
+            t = threading.Thread(target=other_user)
+            t.start()
+            assert inside.wait(5)
+        assert len(fake.calls) == 2  # set once, nothing restored while users remain
+        release.set()
+        t.join(5)
+        assert len(fake.calls) == 2
+    assert fake.calls == [
+        ("mallopt", heap._M_MMAP_MAX, 0), ("mallopt", heap._M_TRIM_THRESHOLD, 1 << 30),
+        ("mallopt", heap._M_MMAP_MAX, heap._DEFAULT_MMAP_MAX),
+        ("mallopt", heap._M_TRIM_THRESHOLD, heap._DEFAULT_TRIM_THRESHOLD), ("trim", 0),
+    ]
+    assert heap._users == 0
+
+
+def test_restored_after_an_error(monkeypatch):
+    fake = FakeLibc()
+    monkeypatch.setattr(heap, "_LIBC", fake)
+    try:
+        with heap.kept_heap():
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert fake.calls[-1] == ("trim", 0) and heap._users == 0
+
+
+def test_real_allocator_still_works():
+    """With this machine's libc (glibc on Linux, or nothing elsewhere): large blocks
+    are allocated, written, freed and allocated again inside and after the block."""
+    with heap.kept_heap():
+        for _ in range(3):
+            a = np.ones(40 * 1024 * 1024 // 8)  # 40 MB, above glibc's largest mmap threshold
+            assert a.sum() == a.size
+            del a
+    b = np.ones(1024 * 1024)
+    assert b.sum() == b.size
