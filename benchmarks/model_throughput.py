@@ -48,12 +48,14 @@ SAMPLE = Path(__file__).resolve().parent.parent / "sample_tiles" / "helsinki_map
 
 
 class ReferenceUNet(nn.Module):
-    """The paper's U-Net as a plain list of layers, run eagerly (the baseline)."""
+    """The paper's U-Net as a plain list of layers, run eagerly (the baseline); with
+    ``dropout``, the decoder's dropout layers too (for training)."""
 
-    def __init__(self, gen: Generator) -> None:
+    def __init__(self, gen: Generator, dropout: bool = False) -> None:
         super().__init__()
         self.downs = nn.ModuleList(nn.Sequential(d.conv, d.norm, nn.LeakyReLU(0.2)) for d in gen.downs)
-        self.ups = nn.ModuleList(nn.Sequential(u.conv, u.norm, nn.ReLU()) for u in gen.ups)
+        self.ups = nn.ModuleList(nn.Sequential(u.conv, u.norm, *([u.drop] if dropout else []), nn.ReLU())
+                                 for u in gen.ups)
         self.head = gen.head
 
     def forward(self, x):

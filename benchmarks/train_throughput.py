@@ -42,7 +42,7 @@ from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
 from geo_pix2pix.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_throughput import matmul_gflops, rate  # noqa: E402
+from model_throughput import ReferenceUNet, matmul_gflops, rate  # noqa: E402
 
 SETUPS = {
     "default": (GeneratorConfig(base_width=24, norm="instance"),
@@ -64,33 +64,13 @@ class RandomPairs(PairSource):
         return self.pairs[index]
 
 
-class ReferenceGenerator(nn.Module):
-    """The U-Net as the reference code runs it: every layer a plain module (no
-    :func:`geo_pix2pix.networks.conv_transpose`), on a copy of the trainer's weights."""
-
-    def __init__(self, gen: nn.Module) -> None:
-        super().__init__()
-        gen = copy.deepcopy(gen)
-        self.downs = nn.ModuleList(nn.Sequential(d.conv, d.norm, nn.LeakyReLU(0.2)) for d in gen.downs)
-        self.ups = nn.ModuleList(nn.Sequential(u.conv, u.norm, u.drop, nn.ReLU()) for u in gen.ups)
-        self.head = gen.head
-
-    def forward(self, x):
-        skips = []
-        for d in self.downs:
-            x = d(x)
-            skips.append(x)
-        skips.pop()
-        for u in self.ups:
-            x = torch.cat([u(x), skips.pop()], 1)
-        return self.head(x)
-
-
 class ReferenceStep:
     """The reference recipe's optimisation step on copies of the trainer's networks."""
 
     def __init__(self, trainer: Trainer) -> None:
-        self.G, self.D = ReferenceGenerator(trainer.G).train(), copy.deepcopy(trainer.D).train()
+        # plain layers (no geo_pix2pix.networks.conv_transpose), on copies of the weights
+        self.G = ReferenceUNet(copy.deepcopy(trainer.G), dropout=True).train()
+        self.D = copy.deepcopy(trainer.D).train()
         c = trainer.config
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
