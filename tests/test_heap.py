@@ -45,7 +45,8 @@ def test_nested_and_concurrent_uses_share_one_setting(monkeypatch):
     assert fake.calls == [
         ("mallopt", heap._M_MMAP_MAX, 0), ("mallopt", heap._M_TRIM_THRESHOLD, 1 << 30),
         ("mallopt", heap._M_MMAP_MAX, heap._DEFAULT_MMAP_MAX),
-        ("mallopt", heap._M_TRIM_THRESHOLD, heap._DEFAULT_TRIM_THRESHOLD), ("trim", 0),
+        ("mallopt", heap._M_MMAP_THRESHOLD, heap._LEFT_MMAP_THRESHOLD),
+        ("mallopt", heap._M_TRIM_THRESHOLD, heap._LEFT_TRIM_THRESHOLD), ("trim", 0),
     ]
     assert heap._users == 0
 
