@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["kept_heap"]
+__all__ = ["keep_heap_for_process", "kept_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +65,41 @@ def _glibc():
 _LIBC = _glibc()
 
 
-@contextmanager
-def kept_heap() -> Iterator[None]:
-    """Serve large blocks from the heap and keep freed memory until the block ends."""
+def _acquire() -> None:
     global _users
-    if _LIBC is None:
-        yield
-        return
     with _lock:
         if _users == 0:
             _LIBC.mallopt(_M_MMAP_MAX, 0)
             _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # int: at most 1 GiB kept free at the top
         _users += 1
+
+
+def _release() -> None:
+    global _users
+    with _lock:
+        _users -= 1
+        if _users == 0:
+            _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            _LIBC.mallopt(_M_MMAP_THRESHOLD, _LEFT_MMAP_THRESHOLD)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, _LEFT_TRIM_THRESHOLD)
+            _LIBC.malloc_trim(0)
+
+
+@contextmanager
+def kept_heap() -> Iterator[None]:
+    """Serve large blocks from the heap and keep freed memory until the block ends."""
+    if _LIBC is None:
+        yield
+        return
+    _acquire()
     try:
         yield
     finally:
-        with _lock:
-            _users -= 1
-            if _users == 0:
-                _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                _LIBC.mallopt(_M_MMAP_THRESHOLD, _LEFT_MMAP_THRESHOLD)
-                _LIBC.mallopt(_M_TRIM_THRESHOLD, _LEFT_TRIM_THRESHOLD)
-                _LIBC.malloc_trim(0)
+        _release()
+
+
+def keep_heap_for_process() -> None:
+    """:func:`kept_heap` for the rest of this process: for the worker processes
+    geo-pix2pix starts itself (``tiles --workers``), which do nothing else."""
+    if _LIBC is not None:
+        _acquire()

@@ -72,3 +72,14 @@ def test_real_allocator_still_works():
             del a
     b = np.ones(1024 * 1024)
     assert b.sum() == b.size
+
+
+def test_keep_for_process_is_never_released(monkeypatch):
+    fake = FakeLibc()
+    monkeypatch.setattr(heap, "_LIBC", fake)
+    monkeypatch.setattr(heap, "_users", 0)
+    heap.keep_heap_for_process()
+    with heap.kept_heap():
+        pass
+    assert fake.calls == [("mallopt", heap._M_MMAP_MAX, 0), ("mallopt", heap._M_TRIM_THRESHOLD, 1 << 30)]
+    assert heap._users == 1

@@ -29,6 +29,7 @@ import mercantile
 from torch import nn
 
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
+from ..heap import kept_heap
 from ..model_spec import ModelSpec
 from .area import Area
 from .imaging import decode, downsample, encode
@@ -179,7 +180,7 @@ def _write_cache(src, dest: Path, kind: str, plan: Plan, model, spec, settings: 
         if kind != "xyz":
             dest.unlink()
     fmt = opts.fmt
-    with DestinationLock(work, str(dest)):
+    with DestinationLock(work, str(dest)), kept_heap():  # batches reuse memory (heap.py)
         manifest = Manifest(work / "manifest.sqlite")
         sink = hidden = None
         try:

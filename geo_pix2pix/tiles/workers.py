@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 
 from torch import nn
 
+from ..heap import keep_heap_for_process
 from ..model_spec import ModelSpec
 from .metatile import MetaJob, MetaResult, RenderSettings, run_metatile
 from .sources import TileSource
@@ -30,6 +31,7 @@ def _init_worker(source: TileSource, spec: ModelSpec, settings: RenderSettings, 
     import torch
 
     torch.set_num_threads(threads)
+    keep_heap_for_process()  # this process only renders: batches reuse memory (heap.py)
     _WORKER.update(source=source, model=spec.load(), settings=settings)
 
 
