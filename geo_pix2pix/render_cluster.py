@@ -34,8 +34,9 @@ from .tiling import TileGrid
 
 __all__ = ["ClusterRowPipeline", "RasterSpec", "RemoteRender"]
 
-#: GDAL block cache of each task, MB (the task reads a few strips).
-TASK_GDAL_CACHE_MB = 16
+#: GDAL block cache of each task, bytes (the task reads a few strips; rasterio passes
+#: an integer GDAL_CACHEMAX to GDAL as bytes).
+TASK_GDAL_CACHE_BYTES = 16 << 20
 #: Tiles per task, at least: whole tile rows are added until a task holds this many.
 TILES_PER_TASK = 32
 
@@ -71,7 +72,7 @@ def _render_rows_task(rows: range, raster: RasterSpec, spec: ModelSpec, grid: tu
 
     try:
         model = spec.load_cached()
-        with rasterio.Env(GDAL_CACHEMAX=TASK_GDAL_CACHE_MB), raster.open() as reader:
+        with rasterio.Env(GDAL_CACHEMAX=TASK_GDAL_CACHE_BYTES), raster.open() as reader:
             return render_tile_rows(reader, model, TileGrid(*grid), rows, batch_size)
     except (InputRasterError, CheckpointError) as exc:
         # Most often a path the client sees and this worker does not.

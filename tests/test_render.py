@@ -296,3 +296,37 @@ def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
         writer.add(0, rows[:, :256])  # a whole block row: handed to the thread
         with pytest.raises(OSError, match="disk full"):
             writer.close()
+
+
+def _gdal_cache_max():
+    """GDAL's block-cache limit in bytes, from the libgdal rasterio loaded (None when
+    that library cannot be found, e.g. a rasterio built against a system GDAL)."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
+    if not libs:
+        return None
+    gdal = ctypes.CDLL(libs[0])
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    return gdal.GDALGetCacheMax64
+
+
+def test_render_runs_with_a_16_mb_gdal_cache(make_raster, tmp_path):
+    """rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes: render must give bytes
+    (a 16-byte cache made overviews 2.7x slower)."""
+    from geo_pix2pix.render import GDAL_CACHE_BYTES
+
+    getter = _gdal_cache_max()
+    if getter is None:
+        pytest.skip("rasterio's libgdal not found")
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(getter())
+            return x
+
+    render(make_raster(300, 300), tmp_path / "out.tif", model=Spy())
+    assert seen and set(seen) == {GDAL_CACHE_BYTES} and GDAL_CACHE_BYTES == 16 << 20
