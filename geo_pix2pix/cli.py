@@ -121,7 +121,7 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
               type=click.Choice(["deflate", "lzw", "zstd", "jpeg", "none"], case_sensitive=False))
 @click.option("--overviews/--no-overviews", default=True, show_default=True,
               help="Build internal overviews (2×, 4×, … average) in a GeoTIFF DST; skipping them saves "
-                   "about a tenth of the time for output that is only an intermediate step.")
+                   "about 6 % of a 4096² render, for output that is only an intermediate step.")
 @scheduler_opt
 @click.pass_context
 def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overwrite, bands, model_grid, cog,
@@ -137,9 +137,6 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
 
     if scheduler and precision != "fp32":
         raise OptionError(f"--precision {precision} is not supported with --scheduler yet: use fp32 on a cluster")
-    if cog and not overviews:
-        raise OptionError("--cog --no-overviews: a Cloud Optimized GeoTIFF is made with its overviews; "
-                          "drop --no-overviews, or --cog for a plain GeoTIFF")
     # On a cluster, each worker loads the checkpoint itself, by its path, on its --device.
     model = weights if scheduler else load_model(weights, device, precision=precision)
     bar, update = _progress_bar(ctx, "render")

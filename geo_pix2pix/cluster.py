@@ -21,10 +21,8 @@ the Dask scheduler on the workers that remain; nothing here needs to retry them.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -210,14 +208,11 @@ def tune_worker_malloc() -> bool:
     default model then costs 1.6× the CPU time per tile (measured in docs/scaling.md).
     This raises both thresholds in this process only; memory stays bounded by the tasks.
     """
-    if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
+    if not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl, …): leave it
-        return False
+    from .heap import set_process_thresholds
+
+    return set_process_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
 
 
 def worker_cached(key, factory: Callable[[], Any]) -> Any:

@@ -140,9 +140,15 @@ class ParityInterleave(nn.Module):
         return y.reshape(n, 2 * h, 2 * w, -1).permute(0, 3, 1, 2)  # (N, C, 2H, 2W), channels-last
 
 
+_PACKED_OPS = ("_convolution_pointwise", "_convolution_transpose_pointwise", "_reorder_convolution_weight",
+               "_reorder_convolution_transpose_weight")
+
+
 def packing_available() -> bool:
-    """Whether this PyTorch has oneDNN's prepacked-weight convolution operators."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    """Whether this PyTorch has oneDNN's prepacked-weight convolution operators, and
+    oneDNN is not switched off (``torch.backends.mkldnn.enabled``)."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and all(hasattr(torch.ops.mkldnn, op) for op in _PACKED_OPS))
 
 
 class PackedConv(nn.Module):
@@ -151,8 +157,9 @@ class PackedConv(nn.Module):
     The weight is reordered once, here, into the blocked layout oneDNN picks for the
     expected input (any other input size still works: the layout is a hint), and the
     activation (``"relu"``, ``"leaky_relu"`` or ``"none"``) runs inside the convolution.
-    CPU, float32; the weight is a oneDNN tensor, so the module is a snapshot: it is not
-    moved, saved or trained.
+    CPU, float32; the weight is a oneDNN tensor, so the module is a snapshot: it pickles
+    and copies (as the ordinary weight, packed again on arrival) but is not moved to
+    another device or dtype, nor trained.
     """
 
     def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d, activation: str = "none", slope: float = 0.0,
@@ -166,15 +173,31 @@ class PackedConv(nn.Module):
         self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation))
         self.output_padding = list(conv.output_padding) if self.transposed else None
         self.activation, self.scalars = activation, ([slope] if activation == "leaky_relu" else [])
-        padding, stride, dilation = self.geometry
-        size = list(input_size) if input_size else None
-        w = conv.weight.detach()
-        if self.transposed:
-            self.weight = torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                w, padding, self.output_padding, stride, dilation, 1, size)
-        else:
-            self.weight = torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, 1, size)
+        self.input_size = list(input_size) if input_size else None
+        self.weight = self._packed(conv.weight.detach())
         self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
+
+    def _packed(self, w: torch.Tensor) -> torch.Tensor:
+        padding, stride, dilation = self.geometry
+        if self.transposed:
+            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                w, padding, self.output_padding, stride, dilation, 1, self.input_size)
+        return torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, 1, self.input_size)
+
+    def __getstate__(self) -> dict:
+        # A oneDNN tensor does not pickle or copy: travel as the ordinary weight.
+        state = dict(self.__dict__)
+        dense = self.weight.to_dense()
+        state["weight"] = dense.transpose(0, 1).contiguous() if self.transposed else dense
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.weight = self._packed(state["weight"])
+
+    def _apply(self, fn, recurse=True):
+        raise RuntimeError("a PackedConv is a CPU float32 snapshot: build the engine again (InferenceUNet) "
+                           "for another device or dtype")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding, stride, dilation = self.geometry
@@ -249,6 +272,9 @@ class InferenceUNet(nn.Module):
             weight = self.head.conv.weight
             pack = (channels_last and not subpixel_decoder and packing_available()
                     and weight.device.type == "cpu" and weight.dtype == torch.float32)
+        if pack and subpixel_decoder:
+            raise ValueError("pack=True and subpixel_decoder=True: the sub-pixel decoder is for the int8 path, "
+                             "which packs its own weights")
         self.packed = pack
         if pack:
             self._pack(batch)

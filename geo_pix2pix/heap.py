@@ -24,14 +24,14 @@ leaving they are set where that rule ends up after large blocks: a process keeps
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+import os
 import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["keep_heap_for_process", "kept_heap"]
+__all__ = ["keep_heap_for_process", "kept_heap", "set_process_thresholds"]
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,28 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
-# What is set on leaving: glibc's default mmap count, and the thresholds its adaptive
-# rule reaches once a process has freed large blocks (mmap above 32 MiB, its ceiling on
+# What is set on leaving: what the environment asked for (MALLOC_*_ variables, e.g.
+# Dask's nanny), else glibc's default mmap count and the thresholds its adaptive rule
+# reaches once a process has freed large blocks (mmap above 32 MiB, its ceiling on
 # 64-bit; trim above twice that). Setting any threshold turns the adaptive rule off for
 # good, and leaving it at the initial 128 KiB made every later large block in the
 # process a fresh mapping: the reference tile loop ran 40 % slower after a render.
 _DEFAULT_MMAP_MAX = 65536
 _LEFT_MMAP_THRESHOLD = 32 << 20
 _LEFT_TRIM_THRESHOLD = 64 << 20
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+#: the settings restored when the last user of kept_heap leaves (set_process_thresholds)
+_left = {_M_MMAP_MAX: _env_int("MALLOC_MMAP_MAX_", _DEFAULT_MMAP_MAX),
+         _M_MMAP_THRESHOLD: _env_int("MALLOC_MMAP_THRESHOLD_", _LEFT_MMAP_THRESHOLD),
+         _M_TRIM_THRESHOLD: _env_int("MALLOC_TRIM_THRESHOLD_", _LEFT_TRIM_THRESHOLD)}
 
 _lock = threading.Lock()
 _users = 0
@@ -56,7 +70,7 @@ def _glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
@@ -79,9 +93,8 @@ def _release() -> None:
     with _lock:
         _users -= 1
         if _users == 0:
-            _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            _LIBC.mallopt(_M_MMAP_THRESHOLD, _LEFT_MMAP_THRESHOLD)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, _LEFT_TRIM_THRESHOLD)
+            for param, value in _left.items():
+                _LIBC.mallopt(param, value)
             _LIBC.malloc_trim(0)
 
 
@@ -96,6 +109,19 @@ def kept_heap() -> Iterator[None]:
         yield
     finally:
         _release()
+
+
+def set_process_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds for this process (now, or when the running
+    :func:`kept_heap` users leave); False where there is no glibc."""
+    if _LIBC is None:
+        return False
+    with _lock:
+        _left[_M_MMAP_THRESHOLD], _left[_M_TRIM_THRESHOLD] = mmap_threshold, trim_threshold
+        if _users == 0:
+            return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+                        and _LIBC.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return True
 
 
 def keep_heap_for_process() -> None:

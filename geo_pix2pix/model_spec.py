@@ -44,7 +44,11 @@ class ModelSpec:
     @classmethod
     def of_module(cls, module: nn.Module, device: str | None = None) -> ModelSpec:
         """``module``, pickled once here (a large model is not pickled again per worker or task)."""
-        return cls(f"pickled-{uuid.uuid4().hex}", blob=pickle.dumps(module), device=device)
+        try:  # Dask always brings cloudpickle: it pickles classes defined in __main__ or a notebook
+            import cloudpickle as dumper
+        except ImportError:
+            dumper = pickle
+        return cls(f"pickled-{uuid.uuid4().hex}", blob=dumper.dumps(module), device=device)
 
     def load(self) -> nn.Module:
         """The model in eval mode, on ``device`` where one is set: loaded or unpickled anew."""

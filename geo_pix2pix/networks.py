@@ -130,7 +130,7 @@ class Down(nn.Module):
 def conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for the U-Net's stride-2 transposed convolutions, the same function.
 
-    On the CPU, for the wide innermost layers (1-8 px inputs at batch 1, weights of 4 to
+    On the CPU, for the wide innermost layers (1-8 px inputs at batch 1, weights of 16 to
     33 MB) oneDNN spends most of its time reordering the weight and its gradient into
     its blocked layout, on every call: the work is a few MFLOP per pixel, the weight is
     read once. There the layer runs as what it is, one matrix product of the weight with

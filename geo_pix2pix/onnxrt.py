@@ -45,7 +45,7 @@ def export_onnx(model, dst: str | os.PathLike) -> Path:
     except ImportError:
         raise OptionError("export-onnx needs the onnx package: pip install 'geo-pix2pix[onnx]'") from None
     dst = Path(dst)
-    engine = InferenceUNet(model.generator.cpu().eval(), channels_last=False)
+    engine = InferenceUNet(model.generator.cpu().eval(), channels_last=False, pack=False)
     example = torch.zeros(1, 3, 256, 256)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent if str(dst.parent) else ".")
     os.close(fd)

@@ -397,7 +397,8 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"output folder {str(parent)!r} is not writable: choose another output path")
     if dst_p.exists() and not overwrite:
-        raise OutputExistsError(f"output {str(dst)!r} exists: pass --overwrite to replace it")
+        raise OutputExistsError(f"output {str(dst)!r} exists: pass --overwrite (overwrite=True in Python) "
+                                "to replace it")
     return dst_p
 
 

@@ -42,6 +42,8 @@ from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorCo
 
 log = logging.getLogger(__name__)
 
+_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
 __all__ = ["TrainConfig", "Trainer", "train"]
 
 
@@ -188,7 +190,9 @@ class Trainer:
         pass over each tensor instead of about ten. On the CPU it took Adam from 173 to
         27 ms per step for the paper-width G and D (57 M parameters), 17 % of a batch-1
         step (``benchmarks/train_throughput.py``)."""
-        return True if self.device.type in ("cpu", "cuda") else None
+        if self.device.type == "cuda" or (self.device.type == "cpu" and _TORCH_VERSION >= (2, 4)):
+            return True  # PyTorch has a fused CPU Adam from 2.4 on
+        return None
 
     # -- checkpoints ------------------------------------------------------------------
     def training_state(self) -> dict:
@@ -251,9 +255,11 @@ class Trainer:
             self.state.wall_seconds = float(ckpt.provenance.get("wall_seconds", 0.0))
             return
         for opt, key in ((self.opt_g, "optimizer_g"), (self.opt_d, "optimizer_d")):
-            opt.load_state_dict(t[key])
-            for group in opt.param_groups:  # the kernel is this machine's choice, not the checkpoint's
-                group["fused"], group["foreach"] = self._fused_adam, None
+            # The kernel is this machine's choice, not the checkpoint's; set before loading,
+            # because loading places Adam's step counters by the saved groups' "fused" flag.
+            state = dict(t[key])
+            state["param_groups"] = [{**g, "fused": self._fused_adam, "foreach": None} for g in state["param_groups"]]
+            opt.load_state_dict(state)
         self.scaler.load_state_dict(t["scaler"])
         self.data.rng.set_state(t["data_rng"])
         torch.set_rng_state(t["torch_rng"])

@@ -66,7 +66,8 @@ def test_render_refuses_existing_output_and_keeps_it(make_raster, tmp_path, weig
     dst.write_bytes(b"keep me")
     result = run("render", src, dst, "--weights", weights)
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: output {str(dst)!r} exists: pass --overwrite to replace it"]
+    assert result.output.strip().splitlines() == [
+        f"Error: output {str(dst)!r} exists: pass --overwrite (overwrite=True in Python) to replace it"]
     assert dst.read_bytes() == b"keep me"
     assert run("render", src, dst, "--weights", weights, "--overwrite").exit_code == 0
 

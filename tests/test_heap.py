@@ -44,9 +44,7 @@ def test_nested_and_concurrent_uses_share_one_setting(monkeypatch):
         assert len(fake.calls) == 2
     assert fake.calls == [
         ("mallopt", heap._M_MMAP_MAX, 0), ("mallopt", heap._M_TRIM_THRESHOLD, 1 << 30),
-        ("mallopt", heap._M_MMAP_MAX, heap._DEFAULT_MMAP_MAX),
-        ("mallopt", heap._M_MMAP_THRESHOLD, heap._LEFT_MMAP_THRESHOLD),
-        ("mallopt", heap._M_TRIM_THRESHOLD, heap._LEFT_TRIM_THRESHOLD), ("trim", 0),
+        *[("mallopt", k, v) for k, v in heap._left.items()], ("trim", 0),
     ]
     assert heap._users == 0
 
@@ -83,3 +81,14 @@ def test_keep_for_process_is_never_released(monkeypatch):
         pass
     assert fake.calls == [("mallopt", heap._M_MMAP_MAX, 0), ("mallopt", heap._M_TRIM_THRESHOLD, 1 << 30)]
     assert heap._users == 1
+
+
+def test_thresholds_set_for_the_process_are_what_leaving_restores(monkeypatch):
+    fake = FakeLibc()
+    monkeypatch.setattr(heap, "_LIBC", fake)
+    monkeypatch.setattr(heap, "_left", dict(heap._left))
+    with heap.kept_heap():
+        assert heap.set_process_thresholds(32 << 20, 256 << 20)  # e.g. a Dask worker, mid-render
+        assert len(fake.calls) == 2  # applied on leaving, not under the running render
+    assert ("mallopt", heap._M_MMAP_THRESHOLD, 32 << 20) in fake.calls[2:]
+    assert ("mallopt", heap._M_TRIM_THRESHOLD, 256 << 20) in fake.calls[2:]

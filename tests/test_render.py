@@ -299,8 +299,8 @@ def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
 
 
 def _gdal_cache_max():
-    """GDAL's block-cache limit in bytes, from the libgdal rasterio loaded (None when
-    that library cannot be found, e.g. a rasterio built against a system GDAL)."""
+    """A function returning GDAL's block-cache limit in bytes, from the libgdal rasterio
+    loaded (None when that library cannot be found, e.g. rasterio on a system GDAL)."""
     import ctypes
     import glob
     import os
@@ -313,11 +313,12 @@ def _gdal_cache_max():
     return gdal.GDALGetCacheMax64
 
 
-def test_render_sets_gdal_cache_in_bytes(make_raster, tmp_path):
+def test_render_sets_gdal_cache_in_bytes(make_raster, tmp_path, monkeypatch):
     """rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes: render must give bytes
     (sessions 1-2 gave 16 meaning MB, and ran with a 16-byte cache)."""
     from geo_pix2pix.render import GDAL_CACHE_BYTES
 
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)  # a user's setting wins over render's
     getter = _gdal_cache_max()
     if getter is None:
         pytest.skip("rasterio's libgdal not found")
