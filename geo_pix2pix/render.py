@@ -183,8 +183,7 @@ def render(
             "GDAL_NUM_THREADS": "ALL_CPUS",
             "ZLEVEL_OVERVIEW": str(DEFLATE_LEVEL),
         }
-        # A setting the user made in the environment wins.
-        stack.enter_context(rasterio.Env(**{k: v for k, v in gdal_defaults.items() if k not in os.environ}))
+        stack.enter_context(_gdal_defaults(**gdal_defaults))
         stack.enter_context(kept_heap())  # batches reuse memory instead of faulting in fresh pages
         raster = stack.enter_context(open_map_raster(src, bands))
         in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
@@ -212,7 +211,7 @@ def render(
         else:
             result_tmp = gtiff_tmp
         if overviews and kind in ("GTiff",):
-            with rasterio.Env(**({} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": OVERVIEW_CACHE_BYTES})):
+            with _gdal_defaults(GDAL_CACHEMAX=OVERVIEW_CACHE_BYTES):
                 _build_overviews(result_tmp)
         if kind == "GTiff":
             os.replace(result_tmp, final_tmp)
@@ -385,6 +384,11 @@ def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: s
             n = min(step, src.height - y)
             rgb = vrt.read((1, 2, 3), window=Window(0, y, src.width, n))
             _write_rows(out, y, rgb, raster.valid_rows(y, n))
+
+
+def _gdal_defaults(**options) -> rasterio.Env:
+    """GDAL configuration render chooses, except where the user set it in the environment."""
+    return rasterio.Env(**{k: v for k, v in options.items() if k not in os.environ})
 
 
 def _build_overviews(path: Path) -> None:
