@@ -19,7 +19,8 @@ The input is the Helsinki sample map mirrored out to 4096 × 4096 on the sample'
 (EPSG:3857, 2.12 m/px on the ground: the default model's resolution, so nothing is
 resampled), deflate-compressed.
 
-    python benchmarks/render_throughput.py [--size 4096] [--rounds 2] [--precision fp32|int8] [--weights PATH]
+    python benchmarks/render_throughput.py [--size 4096] [--rounds 2] [--precision fp32|int8]
+        [--compress deflate|zstd|none|...] [--weights PATH]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import geo_pix2pix
 from geo_pix2pix import pipeline
 from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.model import run_batch
+from geo_pix2pix.raster import RENDER_COMPRESSION
 from geo_pix2pix.tiling import TileGrid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -113,6 +115,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     ap.add_argument("--weights", default=None, help="checkpoint [default: the shipped model]")
+    ap.add_argument("--compress", default=None, help="output compression, as render's --compress [default: render's]")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -143,7 +146,7 @@ def main() -> None:
             for label, (overlap, overviews) in runs.items():
                 with ModelClock() as mc:
                     clock(label, lambda o=overlap, v=overviews: geo_pix2pix.render(
-                        src, dst, model=model, overlap=o, overviews=v, overwrite=True))
+                        src, dst, model=model, overlap=o, overviews=v, compress=args.compress, overwrite=True))
                 model_share[label].append(mc.seconds)
             clock("reference tile loop", lambda: reference_loop(src, Path(tmp) / "ref.tif", ref))
         peak = peak_memory(src, dst, args.weights, args.precision)
@@ -151,7 +154,8 @@ def main() -> None:
     base = statistics.median(times["model only (overlap-0 tiles)"])
     ref_t = statistics.median(times["reference tile loop"])
     print(f"{args.size}² GeoTIFF ({mp:.1f} MP, {len(tiles)} tiles at overlap 0), default model, "
-          f"{args.precision}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{args.precision}, compress {args.compress or RENDER_COMPRESSION}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; "
           f"median of {args.rounds} rounds")
     record = {"size": args.size, "precision": args.precision, "peak_rss_mb": peak}
     for label, ts in times.items():

@@ -117,8 +117,8 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
 @click.option("--model-grid", is_flag=True,
               help="Write the result on the model's resolution grid instead of the input's.")
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF.")
-@click.option("--compress", default="deflate", show_default=True,
-              type=click.Choice(["deflate", "lzw", "zstd", "jpeg", "none"], case_sensitive=False))
+@click.option("--compress", default=None, metavar="zstd|deflate|lzw|jpeg|none",
+              help="GeoTIFF compression [default: zstd, level 1; deflate for readers older than GDAL 2.3].")
 @click.option("--overviews/--no-overviews", default=True, show_default=True,
               help="Build internal overviews (2×, 4×, … average) in a GeoTIFF DST; skipping them saves "
                    "about 6 % of a 4096² render, for output that is only an intermediate step.")

@@ -351,10 +351,26 @@ GTIFF_OPTIONS = {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress"
 #: (50.3 vs 50.6 MB at 4096², benchmarks/render_throughput.py) and level 6 cost 37 %
 #: more write time. Overviews likewise (GDAL's ZLEVEL_OVERVIEW).
 DEFLATE_LEVEL = 1
+#: Zstandard level 1, not GDAL's 9: 54.4 against 54.1 MB with overviews at 4096², and
+#: 2.3× less write time. Overviews likewise (ZSTD_LEVEL_OVERVIEW).
+ZSTD_LEVEL = 1
+#: Rendered images are written with Zstandard: at 4096², with overviews and predictor 2,
+#: 54.4 MB (deflate level 1: 53.8, none: 67.0), written in 0.13 s and its overviews built
+#: in 0.16 s (deflate: 0.45 and 0.30 s of CPU the model would otherwise use on a small
+#: machine). Every GDAL since 2.3 (2018) reads it, QGIS 3 included; ``compress="deflate"``
+#: writes what older or non-GDAL readers expect.
+RENDER_COMPRESSION = "zstd"
+#: What ``--compress`` accepts for rendered GeoTIFFs.
+COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")
+
+
+def compression_level(compress: str) -> int | None:
+    """The level render writes ``compress`` at, or None for GDAL's own."""
+    return {"deflate": DEFLATE_LEVEL, "zstd": ZSTD_LEVEL}.get(compress.lower())
 
 
 def output_profile(raster: MapRaster, *, width: int, height: int, transform, crs,
-                   compress: str = "deflate") -> dict:
+                   compress: str = RENDER_COMPRESSION) -> dict:
     """GeoTIFF creation profile for the rendered image of ``raster``."""
     src = raster.dataset
     nodata = src.nodata if raster.alpha_band is None else None
@@ -363,8 +379,9 @@ def output_profile(raster: MapRaster, *, width: int, height: int, transform, crs
                    crs=crs, transform=transform, nodata=nodata, photometric="RGB")
     profile.update(GTIFF_OPTIONS)
     profile["compress"] = compress
-    if compress.lower() == "deflate":
-        profile["zlevel"] = DEFLATE_LEVEL
+    level = compression_level(compress)
+    if level is not None:
+        profile["zlevel" if compress.lower() == "deflate" else "zstd_level"] = level
     if compress.lower() not in ("deflate", "lzw", "zstd"):
         profile.pop("predictor")
     if compress.lower() == "jpeg":

@@ -43,10 +43,14 @@ from .heap import kept_heap
 from .model import load_model, model_device
 from .pipeline import TilePipeline
 from .raster import (
+    COMPRESSIONS,
     DEFLATE_LEVEL,
+    RENDER_COMPRESSION,
+    ZSTD_LEVEL,
     MapRaster,
     atomic_output,
     check_output_path,
+    compression_level,
     ground_resolution,
     open_map_raster,
     open_output,
@@ -133,7 +137,7 @@ def render(
     bands: str | tuple[int, ...] | None = None,
     model_grid: bool = False,
     cog: bool = False,
-    compress: str = "deflate",
+    compress: str | None = None,
     overviews: bool = True,
     client=None,
 ) -> RenderResult:
@@ -153,6 +157,10 @@ def render(
     """
     overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    compress = RENDER_COMPRESSION if compress is None else str(compress).lower()
+    if compress not in COMPRESSIONS:
+        raise OptionError(f"--compress {compress!r} is not one of {', '.join(COMPRESSIONS)}: "
+                          f"choose one (default {RENDER_COMPRESSION})")
     if cog and not overviews:
         raise OptionError("--cog --no-overviews: a Cloud Optimized GeoTIFF is made with its overviews; "
                           "drop --no-overviews (overviews=False), or --cog for a plain GeoTIFF")
@@ -182,6 +190,7 @@ def render(
             # free: let GDAL use them all (6.68 → 5.56 s per 4096² render, benchmarks/).
             "GDAL_NUM_THREADS": "ALL_CPUS",
             "ZLEVEL_OVERVIEW": str(DEFLATE_LEVEL),
+            "ZSTD_LEVEL_OVERVIEW": str(ZSTD_LEVEL),
         }
         stack.enter_context(_gdal_defaults(**gdal_defaults))
         stack.enter_context(kept_heap())  # batches reuse memory instead of faulting in fresh pages
@@ -414,6 +423,8 @@ def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None
     if driver == "COG":
         options = {"compress": compress, "overview_resampling": "average", "blocksize": 512,
                    "BIGTIFF": "IF_SAFER"}
+        if compression_level(compress) is not None:
+            options["level"] = compression_level(compress)
     elif driver == "JPEG":
         options = {"quality": 90}
     verify_written(src_path)  # a block lost to a full disk would read back as zeros

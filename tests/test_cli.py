@@ -40,6 +40,16 @@ def test_render_no_overviews_skips_only_the_overviews(make_raster, tmp_path, wei
     assert not (tmp_path / "c.tif").exists()
 
 
+def test_render_compress_option(make_raster, tmp_path, weights):
+    src = make_raster(300, 300, crs="EPSG:32635", res=2.0)
+    assert run("render", src, tmp_path / "d.tif", "--weights", weights, "--compress", "DEFLATE").exit_code == 0
+    with rasterio.open(tmp_path / "d.tif") as d:
+        assert d.compression.name.lower() == "deflate"
+    result = run("render", src, tmp_path / "e.tif", "--weights", weights, "--compress", "gzip")
+    assert_user_error(result, "--compress 'gzip' is not one of zstd, deflate, lzw, jpeg, none")
+    assert not (tmp_path / "e.tif").exists()
+
+
 def test_render_writes_a_georeferenced_tiled_geotiff_with_overviews(make_raster, tmp_path, weights):
     data = np.random.default_rng(0).integers(1, 256, (3, 600, 500), dtype=np.uint8)
     data[:, :50, :50] = 0
@@ -54,7 +64,7 @@ def test_render_writes_a_georeferenced_tiled_geotiff_with_overviews(make_raster,
         assert b.nodata == 0
         assert b.overviews(1) == [2]
         assert b.profile["tiled"] and b.profile["blockxsize"] == 256
-        assert b.compression.name.lower() == "deflate"
+        assert b.compression.name.lower() == "zstd"
         out = b.read()
         assert (out[:, :50, :50] == 0).all()  # nodata kept
         assert (out.reshape(3, -1).max(axis=0)[data.reshape(3, -1).max(axis=0) > 0] > 0).all()

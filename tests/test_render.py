@@ -256,6 +256,45 @@ def test_cog_output_is_valid(make_raster, tmp_path, identity):
         assert np.array_equal(a.read(), b.read())
 
 
+@pytest.mark.parametrize("compress,cog", [(None, False), ("deflate", False), ("LZW", False), ("none", False),
+                                          (None, True), ("deflate", True)])
+def test_compression_choices_round_trip(make_raster, tmp_path, identity, compress, cog):
+    """zstd by default, the others on request, lossless ones exact; COG too."""
+    src = make_raster(700, 600, seed=5)
+    dst = tmp_path / "out.tif"
+    render(src, dst, model=identity, compress=compress, cog=cog)
+    with rasterio.open(src) as a, rasterio.open(dst) as b:
+        expected = "zstd" if compress is None else compress.lower()
+        assert (b.compression.name.lower() if b.compression else "none") == expected
+        assert np.array_equal(a.read(), b.read())
+        assert b.overviews(1)
+
+
+def test_unknown_compression_is_refused_before_any_work(make_raster, tmp_path, identity):
+    from geo_pix2pix.errors import OptionError
+
+    src = make_raster(300, 300)
+    with pytest.raises(OptionError, match=r"--compress 'webp' is not one of zstd, deflate, .*: choose one"):
+        render(src, tmp_path / "out.tif", model=identity, compress="webp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_compression_levels_are_the_fast_ones(make_raster):
+    """Level 1 for zstd and deflate: GDAL's defaults (9, 6) compress synthetic imagery
+    no better at several times the CPU time (docs/performance.md)."""
+    from geo_pix2pix.raster import open_map_raster, output_profile
+
+    with open_map_raster(make_raster(64, 64)) as raster:
+        def profile(c):
+            return output_profile(raster, width=64, height=64, transform=raster.dataset.transform,
+                                  crs=raster.dataset.crs, **({} if c is None else {"compress": c}))
+
+        assert profile(None)["compress"] == "zstd" and profile(None)["zstd_level"] == 1
+        assert profile(None)["predictor"] == 2
+        assert profile("deflate")["zlevel"] == 1
+        assert "predictor" not in profile("jpeg") and profile("jpeg")["photometric"] == "YCbCr"
+
+
 @pytest.mark.parametrize("nodata", [None, 0])
 def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
     """The writer thread (used when the model runs on a GPU or a cluster) gives the same
