@@ -10,7 +10,8 @@ whose absolute speed moves from minute to minute:
 - the engine (:class:`geo_pix2pix.engine.InferenceUNet`) at batch 1 and through
   ``run_batch`` at its fixed compute chunk, inside :func:`geo_pix2pix.heap.kept_heap`
   as ``render`` runs it;
-- the int8 path (``precision="int8"``, :mod:`geo_pix2pix.quantize`) at the chunk;
+- the bfloat16 engine (``precision="bf16"``, :class:`geo_pix2pix.engine.BFloat16`) and
+  the int8 path (``precision="int8"``, :mod:`geo_pix2pix.quantize`) at the chunk;
 - where onnxruntime is installed, the engine exported to ONNX and run by onnxruntime
   (``--weights model.onnx``, :mod:`geo_pix2pix.onnxrt`) at the chunk.
 
@@ -69,8 +70,8 @@ class ReferenceUNet(nn.Module):
         return self.head(x)
 
 
-def matmul_gflops(seconds: float) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_gflops(seconds: float, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     torch.mm(a, b)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -141,6 +142,7 @@ def main() -> None:
         gen = model.generator
         int8 = Pix2PixModel(gen, model.checkpoint, identity=model.identity, precision="int8")
         int8.int8 = model.int8
+        bf16 = Pix2PixModel(gen, model.checkpoint, identity=model.identity, precision="bf16")
         ref = ReferenceUNet(gen).eval()
         engine = model.engine()
         x1 = torch.from_numpy(tiles[:1]).float() / 127.5 - 1
@@ -149,13 +151,16 @@ def main() -> None:
             "reference (eager, batch 1)": (lambda ref=ref, x1=x1: ref(x1), 1),
             "engine, batch 1": (lambda engine=engine, x1=x1: engine(x1), 1),
             f"engine, chunk {COMPUTE_CHUNK}": (lambda m=model: run_batch(m, tiles), COMPUTE_CHUNK),
+            f"bf16, chunk {COMPUTE_CHUNK}": (lambda m=bf16: run_batch(m, tiles), COMPUTE_CHUNK),
             f"int8, chunk {COMPUTE_CHUNK}": (lambda m=int8: run_batch(m, tiles), COMPUTE_CHUNK),
         }
         if onnx_model is not None:
             ways[f"onnxruntime, chunk {COMPUTE_CHUNK}"] = (lambda m=onnx_model: run_batch(m, tiles), COMPUTE_CHUNK)
         rates: dict[str, list[float]] = {k: [] for k in ways}
+        bf16_peaks = []
         for _ in range(args.rounds):
             peaks.append(matmul_gflops(args.seconds / 2))
+            bf16_peaks.append(matmul_gflops(args.seconds / 2, torch.bfloat16))
             for label, (fn, n) in ways.items():
                 # geo-pix2pix's ways run as render runs them, with freed memory kept
                 # (heap.kept_heap); the reference with the process's defaults.
@@ -165,15 +170,17 @@ def main() -> None:
         want = ref(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
         diff32 = np.abs(run_batch(model, tiles) - want)
         diff8 = np.abs(run_batch(int8, tiles) - want)
+        diff16 = np.abs(run_batch(bf16, tiles) - want)
         gflop = gflop_per_tile(gen.config)
         r_ref = statistics.median(rates["reference (eager, batch 1)"])
         print(f"\n{name}: width {gen.config.base_width}, norm {gen.config.norm}, {gflop:.2f} GFLOP/tile; "
-              f"fp32 2048² matrix product: {peak:.0f} GFLOP/s")
+              f"2048² matrix product: fp32 {peak:.0f}, bf16 {statistics.median(bf16_peaks):.0f} GFLOP/s")
         for label, rs in rates.items():
             r = statistics.median(rs)
             print(f"  {label:28s} {r:7.2f} tiles/s  ×{r / r_ref:4.2f}  {r * gflop:6.1f} GFLOP/s "
                   f"({100 * r * gflop / peak:5.1f} % of matmul)   rounds: {', '.join(f'{x:.2f}' for x in rs)}")
         print(f"  largest |engine − reference| on [-1, 1]: {diff32.max():.2e}; "
+              f"bf16: largest {diff16.max():.3f}, mean {diff16.mean():.4f}; "
               f"int8: largest {diff8.max():.3f}, mean {diff8.mean():.4f}")
 
 

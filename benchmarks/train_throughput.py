@@ -9,7 +9,9 @@ One process, same networks (same initial weights), same batch, same data pipelin
   (``requires_grad=False``) while G's loss is backpropagated, ``torch.optim.Adam`` with
   its defaults;
 - *engine*: :meth:`geo_pix2pix.train.Trainer.step`, inside
-  :func:`geo_pix2pix.heap.kept_heap` as :meth:`~geo_pix2pix.train.Trainer.fit` runs it.
+  :func:`geo_pix2pix.heap.kept_heap` as :meth:`~geo_pix2pix.train.Trainer.fit` runs it,
+  as ``geo-pix2pix train`` runs it (mixed precision: bfloat16 on a CPU that has it in
+  hardware) and as ``train --no-amp`` runs it (float32 throughout).
 
 Models: ``default`` (the shipped model's shapes: G width 24, D width 32, instance
 norm, batch 4) and ``paper`` (G width 64, D width 64, BatchNorm, batch 1).
@@ -106,25 +108,36 @@ def main() -> None:
     for name in args.models:
         gconf, dconf, batch = SETUPS[name]
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(RandomPairs(), tmp, TrainConfig(batch_size=batch, load_size=(286, 286), val_fraction=0.0),
-                              gconf, dconf, device="cpu")
+            trainers = []
+            for amp in (True, False):
+                torch.manual_seed(0)
+                trainers.append(Trainer(RandomPairs(), Path(tmp) / str(amp),
+                                        TrainConfig(batch_size=batch, load_size=(286, 286), val_fraction=0.0,
+                                                    amp=amp), gconf, dconf, device="cpu"))
+            trainer, fp32 = trainers
             ref = ReferenceStep(trainer)
             with FlopCounterMode(display=False) as counter:
                 ref()
             gflop = counter.get_total_flops() / 1e9
-            rates: dict[str, list[float]] = {"reference recipe": [], "Trainer.step": []}
+            mixed = trainer.amp_dtype is not None
+            label = f"Trainer.step ({'bfloat16 mixed' if mixed else 'float32'})"
+            rates: dict[str, list[float]] = {"reference recipe": [], label: []}
+            if mixed:
+                rates["Trainer.step (float32, --no-amp)"] = []
             peaks = []
             for _ in range(args.rounds):
                 peaks.append(matmul_gflops(args.seconds / 4))
                 rates["reference recipe"].append(rate(ref, 1, args.seconds))
                 with kept_heap():  # as Trainer.fit runs its steps
-                    rates["Trainer.step"].append(rate(trainer.step, 1, args.seconds))
+                    rates[label].append(rate(trainer.step, 1, args.seconds))
+                    if mixed:
+                        rates["Trainer.step (float32, --no-amp)"].append(rate(fp32.step, 1, args.seconds))
         r_ref, peak = statistics.median(rates["reference recipe"]), statistics.median(peaks)
         print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}; "
               f"{gflop:.1f} GFLOP per step; fp32 2048² matrix product: {peak:.0f} GFLOP/s")
         for label, rs in rates.items():
             r = statistics.median(rs)
-            print(f"  {label:18s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}  {r * gflop:6.1f} GFLOP/s "
+            print(f"  {label:34s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}  {r * gflop:6.1f} GFLOP/s "
                   f"({100 * r * gflop / peak:5.1f} % of matmul)   rounds: {', '.join(f'{x:.3f}' for x in rs)}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -29,15 +30,15 @@ import torch
 from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint
-from .devices import autocast, resolve_device
-from .engine import InferenceUNet
+from .devices import autocast, cpu_has_native_bf16, resolve_device
+from .engine import BFloat16, InferenceUNet
 from .errors import CheckpointError, DeviceError, OptionError
 from .networks import Generator
 
 __all__ = ["DEFAULT_MODEL", "PRECISIONS", "Pix2PixModel", "default_model_path", "load_model", "run_batch"]
 
 #: Precisions :func:`load_model` accepts.
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 #: File name of the default model inside the package's ``weights`` folder.
 DEFAULT_MODEL = "default.pt"
@@ -57,7 +58,9 @@ class Pix2PixModel(nn.Module):
             raise OptionError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.generator = generator.eval()
         self.checkpoint = checkpoint
-        #: "fp32", or "int8" (CPU only, :mod:`quantize`; outputs differ slightly from fp32)
+        #: "fp32"; "bf16" (:class:`engine.BFloat16`: about twice as fast on CPUs with
+        #: bfloat16 arithmetic, outputs within about a grey level); or "int8" (CPU only,
+        #: :mod:`quantize`; outputs differ by a few grey levels)
         self.precision = precision
         #: activation ranges for int8 (:func:`quantize.calibrate`), from the checkpoint
         self.int8 = checkpoint.int8 if checkpoint else None
@@ -102,6 +105,12 @@ class Pix2PixModel(nn.Module):
                                           "(on CUDA the model runs in float16 automatically)")
                     source = self.checkpoint.path if self.checkpoint and self.checkpoint.path else "the model"
                     engine = quantize(self.generator.eval(), self.int8, source=source)
+                elif self.precision == "bf16":
+                    if key[0].type == "cpu" and not cpu_has_native_bf16():
+                        warnings.warn("--precision bf16: this CPU has no bfloat16 arithmetic (AVX512-BF16 or "
+                                      "AMX) and emulates it, more slowly than fp32: use --precision int8 or "
+                                      "fp32 here", stacklevel=2)
+                    engine = BFloat16(self.generator.eval())
                 else:
                     engine = InferenceUNet(self.generator.eval())
                 if key[0].type == "cuda":
@@ -126,7 +135,9 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
                precision: str = "fp32") -> nn.Module:
     """Load a checkpoint (``None``: the default model shipped in the package).
 
-    ``precision="int8"`` runs the reduced-precision CPU path (:mod:`quantize`); it needs
+    ``precision="bf16"`` runs the engine in bfloat16 (:class:`engine.BFloat16`; about
+    twice as fast as fp32 on CPUs with AVX512-BF16 or AMX, outputs within about a grey
+    level). ``precision="int8"`` runs the quantised CPU path (:mod:`quantize`); it needs
     the calibration that ``geo-pix2pix calibrate`` stores in the checkpoint (the
     default model has one). A ``.onnx`` path (from ``geo-pix2pix export-onnx``) is run by
     onnxruntime on the CPU (:class:`onnxrt.OnnxModel`).

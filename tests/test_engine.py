@@ -167,3 +167,30 @@ def test_packed_engine_pickles_copies_and_refuses_to_move():
         engine.double()
     with pytest.raises(ValueError, match="pack=True and subpixel_decoder=True"):
         InferenceUNet(g, pack=True, subpixel_decoder=True)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_bfloat16_engine_is_the_generator_to_bfloat16_precision(norm, monkeypatch):
+    """--precision bf16: the same function within bfloat16 rounding, float32 in and out,
+    and building it leaves the generator (whose InstanceNorm layers the float32 engine
+    shares) in float32."""
+    monkeypatch.setattr("geo_pix2pix.model.cpu_has_native_bf16", lambda: True)
+    g = trained_like(GeneratorConfig(base_width=8, norm=norm))
+    model = Pix2PixModel(g, precision="bf16")
+    tiles = np.random.default_rng(1).integers(0, 256, (3, 3, 256, 256), dtype=np.uint8)
+    got = run_batch(model, tiles)
+    assert got.dtype == np.float32
+    assert all(p.dtype == torch.float32 for p in g.parameters())
+    with torch.no_grad():
+        want = g(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
+    diff = np.abs(got - want)
+    assert diff.mean() < 0.01 and diff.max() < 0.1  # 0.01 on [-1, 1]: under a grey level
+    assert diff.max() > 0  # it did run in bfloat16
+    assert np.abs(run_batch(Pix2PixModel(g), tiles) - want).max() < 1e-4  # the generator is unchanged
+
+
+def test_bfloat16_without_hardware_support_warns(monkeypatch):
+    monkeypatch.setattr("geo_pix2pix.model.cpu_has_native_bf16", lambda: False)
+    model = Pix2PixModel(trained_like(GeneratorConfig(base_width=8, norm="instance")), precision="bf16")
+    with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* use --precision int8 or fp32"):
+        model.engine()

@@ -168,3 +168,58 @@ def test_resume_from_foreign_or_mismatched_checkpoint(tmp_path):
         t.resume(bogus)
     with pytest.raises(CheckpointError, match="does not exist"):
         t.resume(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("native,amp", [(True, True), (False, True), (True, False)])
+def test_mixed_precision_on_the_cpu_only_where_bfloat16_is_native(tmp_path, monkeypatch, native, amp):
+    """bfloat16 autocast on a CPU that multiplies it in hardware (faked here, so the test
+    runs on any CPU), float32 elsewhere or with amp off; weights, gradients and Adam stay
+    float32 either way, and the provenance says which it was."""
+    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: native)
+    src = SideBySideFolder(make_pairs(tmp_path / "d", n=2))
+    tr = Trainer(src, tmp_path / "a", config(steps=1, amp=amp), TINY_G, TINY_D)
+    mixed = native and amp
+    assert tr.amp_dtype == (torch.bfloat16 if mixed else None)
+    assert not tr.scaler.is_enabled()  # bfloat16 needs no loss scaling
+    seen = []
+    conv = next(m for m in tr.G.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = tr.step()
+    handle.remove()
+    assert seen == [torch.bfloat16 if mixed else torch.float32]
+    assert all(np.isfinite(v) for v in losses.values())
+    for p in [*tr.G.parameters(), *tr.D.parameters()]:
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+    assert tr.provenance_now()["precision"] == ("bfloat16 mixed" if mixed else "float32")
+
+
+def test_bfloat16_autocast_computes_what_float32_does(monkeypatch):
+    """The mixed-precision forward pass is the float32 one to bfloat16's precision."""
+    from geo_pix2pix.devices import autocast
+    from geo_pix2pix.networks import Generator
+
+    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(base_width=8, norm="instance")).eval()
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        want = g(x)
+        with autocast(torch.device("cpu"), cpu_bf16=True):
+            got = g(x)
+    assert got.dtype == torch.bfloat16
+    diff = (got.float() - want).abs()
+    assert diff.mean() < 0.01 and diff.max() < 0.1
+
+
+def test_autocast_precision_per_device(monkeypatch):
+    from geo_pix2pix.devices import autocast_dtype
+
+    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(torch.device("cuda")) is torch.float16
+    assert autocast_dtype(torch.device("cuda"), enabled=False) is None
+    assert autocast_dtype(cpu) is None  # inference: a render's pixels do not depend on the CPU
+    assert autocast_dtype(cpu, cpu_bf16=True) is torch.bfloat16
+    assert autocast_dtype(torch.device("mps"), cpu_bf16=True) is None
+    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype(cpu, cpu_bf16=True) is None
