@@ -19,7 +19,7 @@ The input is the Helsinki sample map mirrored out to 4096 × 4096 on the sample'
 (EPSG:3857, 2.12 m/px on the ground: the default model's resolution, so nothing is
 resampled), deflate-compressed.
 
-    python benchmarks/render_throughput.py [--size 4096] [--rounds 2] [--precision fp32|int8]
+    python benchmarks/render_throughput.py [--size 4096] [--rounds 2] [--precision fp32|bf16|int8]
         [--compress deflate|zstd|none|...] [--weights PATH]
 """
 
@@ -42,7 +42,7 @@ from rasterio.windows import Window
 import geo_pix2pix
 from geo_pix2pix import pipeline
 from geo_pix2pix.heap import kept_heap
-from geo_pix2pix.model import run_batch
+from geo_pix2pix.model import PRECISIONS, run_batch
 from geo_pix2pix.raster import RENDER_COMPRESSION
 from geo_pix2pix.tiling import TileGrid
 
@@ -113,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32")
     ap.add_argument("--weights", default=None, help="checkpoint [default: the shipped model]")
     ap.add_argument("--compress", default=None, help="output compression, as render's --compress [default: render's]")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")

@@ -31,14 +31,16 @@ from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint
 from .devices import autocast, cpu_has_native_bf16, resolve_device
-from .engine import BFloat16, InferenceUNet
+from .engine import COMPUTE_CHUNK, BFloat16, InferenceUNet
 from .errors import CheckpointError, DeviceError, OptionError
 from .networks import Generator
 
 __all__ = ["DEFAULT_MODEL", "PRECISIONS", "Pix2PixModel", "default_model_path", "load_model", "run_batch"]
 
 #: Precisions :func:`load_model` accepts.
-PRECISIONS = ("fp32", "bf16", "int8")
+#: Order matters: QGIS Processing stores the index of the choice in saved models and
+#: scripts, so new precisions go at the end.
+PRECISIONS = ("fp32", "int8", "bf16")
 
 #: File name of the default model inside the package's ``weights`` folder.
 DEFAULT_MODEL = "default.pt"
@@ -173,12 +175,6 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-#: Tiles per network evaluation. Convolution libraries (oneDNN, cuDNN) pick different
-#: algorithms for different batch sizes, whose float results differ in the last bit
-#: (measured: up to 2e-7, enough to flip a few uint8 values per tile). With a fixed
-#: chunk, zero-padded when short, a tile's output is bit-identical whatever the
-#: batch size asked for, its batch-mates, or its position in the batch.
-COMPUTE_CHUNK = 8
 
 
 @torch.inference_mode()

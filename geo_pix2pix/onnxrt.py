@@ -7,7 +7,7 @@ multiple, the source checkpoint's identity). ``--weights out.onnx`` then runs it
 onnxruntime's CPU execution provider wherever a checkpoint is accepted (render, tiles,
 evaluate, the Python API).
 
-Measured on the 2-core AVX2 development machine, batch 8: called directly, onnxruntime
+Measured on the 2-core AMD EPYC development machine, batch 8: called directly, onnxruntime
 ran the default model 13 % faster than the PyTorch engine; through render's path
 (``run_batch``) 5–25 % slower; the paper-width generator 4–7 % slower either way
 (``docs/performance.md``). An opt-in for machines where it measures faster.

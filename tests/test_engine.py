@@ -194,3 +194,22 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
     model = Pix2PixModel(trained_like(GeneratorConfig(base_width=8, norm="instance")), precision="bf16")
     with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* use --precision int8 or fp32"):
         model.engine()
+
+
+@needs_packing
+def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
+    import pickle
+
+    from geo_pix2pix.engine import BFloat16
+
+    g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
+    e = BFloat16(g)
+    assert e.inner.packed and isinstance(e.inner.head.conv, PackedConv)
+    assert e.inner.head.conv.weight.dtype == torch.bfloat16
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        want, got = g(x), e(x)
+        again = pickle.loads(pickle.dumps(e))(x)
+    assert got.dtype == torch.float32 and float((got - want).abs().mean()) < 0.01
+    assert torch.equal(again, got)
+    assert not BFloat16(trained_like(GeneratorConfig(base_width=8, norm="instance"))).inner.packed

@@ -232,6 +232,13 @@ def test_processing_render_at_int8_precision(qgis_run):
 
 
 @pytest.mark.slow
+def test_processing_render_at_bf16_precision(qgis_run):
+    got = _get(qgis_run, "processing_run_bf16")
+    assert got["same_grid"] and any("bf16" in line for line in got["infos"])
+    assert 0 < got["mean_diff"] < 2  # bfloat16 rounding: within about a grey level
+
+
+@pytest.mark.slow
 def test_run_and_load_results_and_render_layer_add_the_result_to_the_project(qgis_run):
     loaded = _get(qgis_run, "run_and_load_results")
     assert loaded["layers_in_project"] == 1 and loaded["facts"]["valid"]

@@ -184,19 +184,30 @@ small = QgsRasterLayer(str(small_path), "small map", "gdal")
 project.addMapLayer(small)
 
 
-@check("processing_run_int8")
-def _():
-    fp32 = WORK / "int8" / "fp32.tif"
-    fp32.parent.mkdir()
-    int8 = fp32.parent / "int8.tif"
+def _render_at_precision(name, index):
+    """Render the small map at fp32 and at the PRECISION choice ``index`` (the indices
+    saved models and scripts hold: fp32 0, int8 1, bf16 2)."""
+    folder = WORK / name
+    folder.mkdir()
+    fp32, other = folder / "fp32.tif", folder / f"{name}.tif"
     processing.run("geopix2pix:render", {"INPUT": small, "OUTPUT": str(fp32)})
     fb = Progress()
-    processing.run("geopix2pix:render", {"INPUT": small, "PRECISION": 1, "OUTPUT": str(int8)}, feedback=fb)
-    with rasterio.open(fp32) as a, rasterio.open(int8) as b:
+    processing.run("geopix2pix:render", {"INPUT": small, "PRECISION": index, "OUTPUT": str(other)}, feedback=fb)
+    with rasterio.open(fp32) as a, rasterio.open(other) as b:
         diff = abs(a.read().astype(int) - b.read().astype(int))
         same_grid = a.crs == b.crs and a.transform == b.transform and a.shape == b.shape
     return {"same_grid": same_grid, "mean_diff": float(diff.mean()), "max_diff": int(diff.max()),
             "infos": fb.infos}
+
+
+@check("processing_run_int8")
+def _():
+    return _render_at_precision("int8", 1)
+
+
+@check("processing_run_bf16")
+def _():
+    return _render_at_precision("bf16", 2)
 
 
 @check("run_and_load_results")
