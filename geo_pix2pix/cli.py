@@ -134,14 +134,16 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
     .png/.jpg for plain images.
     """
-    from .errors import OptionError
     from .model import load_model
     from .render import render as render_fn
 
-    if scheduler and precision != "fp32":
-        raise OptionError(f"--precision {precision} is not supported with --scheduler yet: use fp32 on a cluster")
-    # On a cluster, each worker loads the checkpoint itself, by its path, on its --device.
-    model = weights if scheduler else load_model(weights, device, precision=precision)
+    if not scheduler:
+        model = load_model(weights, device, precision=precision)
+    elif precision == "fp32":
+        model = weights  # each worker loads the checkpoint itself, by its path, on its --device
+    else:
+        # Loaded (and checked) here; the workers get it pickled and build its engine themselves.
+        model = load_model(weights, "cpu", precision=precision)
     bar, update = _progress_bar(ctx, "render")
     with bar:
         result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size,
@@ -464,11 +466,10 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
         raise OptionError(f"--workers {workers} runs a local pool, --scheduler a Dask cluster: give one of them")
     model = CopyModel() if no_model else weights
     if precision != "fp32" and not no_model:
-        if scheduler:
-            raise OptionError(f"--precision {precision} is not supported with --scheduler yet: use fp32 on a cluster")
         from .model import load_model
 
-        # Loaded here, pickled to --workers (each quantises its own copy).
+        # Loaded here, pickled to --workers or the --scheduler's workers (each builds its
+        # own bf16 or int8 engine).
         model = load_model(weights, None if device == "auto" else device, precision=precision)
     bar, update = _progress_bar(ctx, "tiles")
     with bar:

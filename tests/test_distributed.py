@@ -262,3 +262,27 @@ def test_kept_environ():
         os.environ["GEO_PIX2PIX_TEST_VAR"] = "1"
         os.environ.pop("PATH", None)
     assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_cli_scheduler_runs_reduced_precision(make_raster, tmp_path, client, weights, one_thread):
+    """--precision with --scheduler: the model loaded here, pickled to the workers, which
+    build their own bf16 engine; the same pixels as a local bf16 render and tiles job."""
+    src = make_raster(300, 300, seed=11)
+    runner = CliRunner()
+    outs = []
+    for name, extra in (("local.tif", []), ("remote.tif", ["--scheduler", client.scheduler.address])):
+        outs.append(tmp_path / name)
+        r = runner.invoke(main, ["-q", "render", str(src), str(outs[-1]), "--weights", str(weights[0]),
+                                 "--device", "cpu", "--precision", "bf16", *extra])
+        assert r.exit_code == 0, r.output
+    _same_raster(*outs)
+    tiles = block(16, HELSINKI.x, HELSINKI.y, 1, 2)
+    xyz = write_xyz(tmp_path / "src", tiles)
+    for dst, extra in ((tmp_path / "t_local", []), (tmp_path / "t_remote", ["--scheduler", "local:1"])):
+        r = runner.invoke(main, ["-q", "tiles", str(xyz), str(dst), "--zoom", "16", "--bbox", bbox_of(tiles),
+                                 "--weights", str(weights[1]), "--precision", "bf16", *extra])
+        assert r.exit_code == 0, r.output
+    local, remote = read_tree(tmp_path / "t_local"), read_tree(tmp_path / "t_remote")
+    assert len(remote) == 2 and remote.keys() == local.keys()
+    assert all(np.array_equal(decode(remote[k]), decode(local[k])) for k in local)
