@@ -29,8 +29,8 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
 - **In-place activations**, no dropout, no autograd.
 - **bfloat16, on request** (:class:`BFloat16`, ``--precision bf16``). On a CPU that
   multiplies bfloat16 in hardware (AVX512-BF16 or AMX) oneDNN's bfloat16 convolutions
-  run at about twice the float32 rate: the default model 66–74 → 131 tiles/s, the
-  paper width 17 → 30, outputs within about 0.2 grey levels of float32 on average.
+  run at about twice the float32 rate: the default model 68 → 122 tiles/s, the paper
+  width 17 → 33, outputs within about 0.2 grey levels of float32 on average.
 
 The engine is an inference-only snapshot: it copies the weights when built.
 :class:`~geo_pix2pix.model.Pix2PixModel` builds it lazily and rebuilds it when the
@@ -322,16 +322,23 @@ class BFloat16(nn.Module):
 
     Built from its own copy of the generator (``InferenceUNet`` shares InstanceNorm
     layers with the generator it was built from, and converting them must not change
-    the generator). Where the float32 engine packs its weights (channels-last models on
-    the CPU) these are packed too, in bfloat16: paper width 31 → 34.5 tiles/s.
+    the generator). Measured on the 2-core Zen 4, batch 8: where the float32 engine packs
+    its weights (channels-last BatchNorm models on the CPU) they are packed here too, in
+    bfloat16 (paper width 31 → 34 tiles/s; the sub-pixel decoder instead: 27–28); NCHW
+    (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2 convolutions oneDNN
+    runs faster in bfloat16 than its transposed ones (default model 109–111 → 122–124).
     """
 
     def __init__(self, gen: Generator) -> None:
         super().__init__()
         import copy
 
-        inner = InferenceUNet(copy.deepcopy(gen), pack=False).to(torch.bfloat16)
-        if inner.channels_last and packing_available() and inner.head.conv.weight.device.type == "cpu":
+        gen = copy.deepcopy(gen)
+        cpu = gen.head[0].weight.device.type == "cpu"
+        channels_last = not any(isinstance(m, nn.InstanceNorm2d) for m in gen.modules())  # as InferenceUNet
+        inner = InferenceUNet(gen, channels_last=channels_last, pack=False,
+                              subpixel_decoder=not channels_last).to(torch.bfloat16)
+        if channels_last and cpu and packing_available():
             inner._pack(COMPUTE_CHUNK)
             inner.packed = True
         self.inner = inner
