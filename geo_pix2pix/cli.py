@@ -203,7 +203,7 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
               help="Continue from a checkpoint (weights, optimisers, step, RNG).")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="Mixed precision: float16 on CUDA, bfloat16 on CPUs that have it in hardware "
-                   "(AVX512-BF16, AMX; about 1.8× faster there). --no-amp: float32 throughout.")
+                   "(AVX512-BF16, AMX; about 1.5× faster there). --no-amp: float32 throughout.")
 @device_opt
 @click.pass_context
 def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, batch_size, width, d_width,

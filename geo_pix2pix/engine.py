@@ -318,7 +318,8 @@ class InferenceUNet(nn.Module):
 
 class BFloat16(nn.Module):
     """An engine run in bfloat16: float32 tiles in and out, bfloat16 weights and
-    activations in between (InstanceNorm still accumulates its statistics in float32).
+    activations in between (validation split, default model: L1 +0.0002 and SSIM
+    −0.0006 against float32, ``docs/performance.md``).
 
     Built from its own copy of the generator (``InferenceUNet`` shares InstanceNorm
     layers with the generator it was built from, and converting them must not change

@@ -175,8 +175,6 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-
-
 @torch.inference_mode()
 def run_batch(model: nn.Module, tiles: np.ndarray, device: torch.device | None = None,
               amp: bool = True, chunk: int = COMPUTE_CHUNK) -> np.ndarray:

@@ -69,7 +69,8 @@ class TrainConfig:
     ground_resolution: float | None = None  # metres per pixel of the crops, if known
     #: mixed precision: float16 autocast on CUDA, bfloat16 on CPUs that multiply it in
     #: hardware (devices.cpu_has_native_bf16); weights, Adam and losses stay float32.
-    #: On this project's 2-core CPU a step ran 1.7–1.9× faster (docs/performance.md).
+    #: On this project's 2-core CPU a step ran 1.5–1.6× faster than in float32 (1.6–2.0×
+    #: the reference recipe's; docs/performance.md).
     amp: bool = True
 
 
