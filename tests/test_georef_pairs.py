@@ -175,3 +175,12 @@ def test_cli_train_layout_rasters(rasters, tmp_path):
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt.ground_resolution == pytest.approx(2.0, rel=0.01)
     assert ckpt.provenance["layout"] == "rasters"
+    from geo_pix2pix.devices import cpu_has_native_bf16
+
+    assert ckpt.provenance["precision"] == ("bfloat16 mixed" if cpu_has_native_bf16() else "float32")
+    result = CliRunner().invoke(main, [
+        "-q", "train", str(rasters[0]), str(tmp_path / "fp32"), "--layout", "rasters", "--aerial", str(rasters[1]),
+        "--steps", "1", "--width", "4", "--d-width", "4", "--val-fraction", "0", "--device", "cpu", "--no-amp"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "fp32" / "model.pt").provenance["precision"] == "float32"
