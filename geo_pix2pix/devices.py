@@ -78,9 +78,13 @@ def autocast_dtype(device: torch.device, enabled: bool = True, *, cpu_bf16: bool
 def autocast(device: torch.device, enabled: bool = True, *, cpu_bf16: bool = False):
     """Mixed precision where it pays (see :func:`autocast_dtype`); a no-op elsewhere.
 
-    Weights, optimiser state and losses stay float32: autocast runs the convolutions
-    and matrix products in the lower precision and keeps norms and losses in float32.
+    Autocast runs convolutions and matrix products in the lower precision; the layers
+    after them (norms, activations) then see lower-precision tensors too (PyTorch
+    accumulates norm statistics in float32), while losses, weights, gradients and the
+    optimiser stay float32. Where it is off on CUDA or the CPU, it is switched off for
+    that device, also inside a caller's autocast.
     """
     dtype = autocast_dtype(device, enabled, cpu_bf16=cpu_bf16)
-    return torch.autocast(device_type=device.type if dtype is not None else "cpu",
-                          dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    kind = device.type if device.type in ("cpu", "cuda") else "cpu"
+    return torch.autocast(device_type=kind, dtype=dtype or (torch.float16 if kind == "cuda" else torch.bfloat16),
+                          enabled=dtype is not None)

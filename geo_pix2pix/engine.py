@@ -29,8 +29,9 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
 - **In-place activations**, no dropout, no autograd.
 - **bfloat16, on request** (:class:`BFloat16`, ``--precision bf16``). On a CPU that
   multiplies bfloat16 in hardware (AVX512-BF16 or AMX) oneDNN's bfloat16 convolutions
-  run at about twice the float32 rate: the default model 68 → 122 tiles/s, the paper
-  width 17 → 33, outputs within about 0.2 grey levels of float32 on average.
+  run at about twice the float32 rate: the default model 68 → 122 tiles/s against the
+  float32 engine, the paper width 17 → 33; outputs differ from float32 by about 0.7
+  grey levels on average, at most about 12 (``benchmarks/model_throughput.py``).
 
 The engine is an inference-only snapshot: it copies the weights when built.
 :class:`~geo_pix2pix.model.Pix2PixModel` builds it lazily and rebuilds it when the
@@ -42,6 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import devices
 from .networks import Generator
 
 #: Tiles per network evaluation (``model.run_batch``), and the batch the engine's
@@ -53,7 +55,7 @@ from .networks import Generator
 COMPUTE_CHUNK = 8
 
 __all__ = ["COMPUTE_CHUNK", "BFloat16", "ChannelsLast", "InferenceUNet", "PackedConv", "ParityInterleave",
-           "SubPixelDeconv", "fold_batch_norm", "packing_available"]
+           "SubPixelDeconv", "fold_batch_norm", "packing_available", "prefers_channels_last"]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +256,13 @@ class _Block(nn.Module):
         self.act = nn.Identity()
 
 
+def prefers_channels_last(gen: nn.Module) -> bool:
+    """Whether the engine of ``gen`` runs channels-last: where every norm folds away.
+    InstanceNorm on channels-last tensors reorders them to NCHW and back, which costs
+    more than it saves (default model: 55 vs 62 tiles/s, benchmarks/model_throughput.py)."""
+    return not any(isinstance(m, nn.InstanceNorm2d) for m in gen.modules())
+
+
 class InferenceUNet(nn.Module):
     """Inference-only form of a :class:`Generator` (see the module docstring)."""
 
@@ -271,10 +280,7 @@ class InferenceUNet(nn.Module):
         self.head = SubPixelDeconv(gen.head[0])
         self.tanh = nn.Tanh()
         if channels_last is None:
-            # Channels-last wins where every norm was folded away; InstanceNorm on
-            # channels-last tensors reorders them to NCHW and back, which costs more
-            # than it saves (default model: 55 vs 62 tiles/s, benchmarks/model_throughput.py).
-            channels_last = not any(isinstance(m, nn.InstanceNorm2d) for m in self.modules())
+            channels_last = prefers_channels_last(gen)
         self.channels_last = channels_last
         self.layout = ChannelsLast() if channels_last else nn.Identity()
         if channels_last:
@@ -294,6 +300,7 @@ class InferenceUNet(nn.Module):
         self.eval().requires_grad_(False)
 
     def _pack(self, batch: int) -> None:
+        self.packed = True
         size = max(256, self.config.multiple)  # the layout hint: a 256² tile
         for down in self.downs:
             down.pack((batch, down.conv.in_channels, size, size))
@@ -323,11 +330,13 @@ class BFloat16(nn.Module):
 
     Built from its own copy of the generator (``InferenceUNet`` shares InstanceNorm
     layers with the generator it was built from, and converting them must not change
-    the generator). Measured on the 2-core Zen 4, batch 8: where the float32 engine packs
-    its weights (channels-last BatchNorm models on the CPU) they are packed here too, in
-    bfloat16 (paper width 31 → 34 tiles/s; the sub-pixel decoder instead: 27–28); NCHW
-    (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2 convolutions oneDNN
-    runs faster in bfloat16 than its transposed ones (default model 109–111 → 122–124).
+    the generator). Against this engine unpacked and with oneDNN's transposed
+    convolutions, measured on the 2-core Zen 4 at batch 8: where the float32 engine
+    packs its weights (channels-last BatchNorm models on the CPU) they are packed here
+    too, in bfloat16 (paper width 31 → 34 tiles/s; the sub-pixel decoder instead:
+    27–28); NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2
+    convolutions oneDNN runs faster in bfloat16 than its transposed ones (default model
+    109–111 → 122–124). The float32 engine: 17 and 68 tiles/s.
     """
 
     def __init__(self, gen: Generator) -> None:
@@ -335,13 +344,14 @@ class BFloat16(nn.Module):
         import copy
 
         gen = copy.deepcopy(gen)
-        cpu = gen.head[0].weight.device.type == "cpu"
-        channels_last = not any(isinstance(m, nn.InstanceNorm2d) for m in gen.modules())  # as InferenceUNet
+        channels_last = prefers_channels_last(gen)
         inner = InferenceUNet(gen, channels_last=channels_last, pack=False,
                               subpixel_decoder=not channels_last).to(torch.bfloat16)
-        if channels_last and cpu and packing_available():
+        # oneDNN reorders bfloat16 weights only on CPUs with bfloat16 support (AVX-512 or
+        # AVX-NE-CONVERT); elsewhere the engine runs unpacked (and slowly, see model.py).
+        if (channels_last and gen.head[0].weight.device.type == "cpu" and packing_available()
+                and devices.cpu_has_native_bf16()):
             inner._pack(COMPUTE_CHUNK)
-            inner.packed = True
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

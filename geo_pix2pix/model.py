@@ -103,8 +103,8 @@ class Pix2PixModel(nn.Module):
                     from .quantize import quantize
 
                     if key[0].type != "cpu":
-                        raise DeviceError(f"int8 inference runs on the CPU, not {key[0]}: use --precision fp32 "
-                                          "(on CUDA the model runs in float16 automatically)")
+                        raise DeviceError(f"int8 inference runs on the CPU, not {key[0]}: use --device cpu, or "
+                                          "--precision fp32 on the GPU (it runs in float16 there automatically)")
                     source = self.checkpoint.path if self.checkpoint and self.checkpoint.path else "the model"
                     engine = quantize(self.generator.eval(), self.int8, source=source)
                 elif self.precision == "bf16":
@@ -201,7 +201,9 @@ def _run_chunk(model: nn.Module, tiles: np.ndarray, device: torch.device | None,
     else:
         x = x.to(device)
     x = x.float().div_(127.5).sub_(1.0)
-    with autocast(device, amp):
+    # A bf16 or int8 engine computes in its own precision: CUDA's float16 autocast
+    # would recast a bfloat16 engine's inputs and weights to float16 on every call.
+    with autocast(device, amp and getattr(model, "precision", "fp32") == "fp32"):
         y = model(x)
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"the model mapped a batch {tuple(x.shape)} to {tuple(y.shape)}; "

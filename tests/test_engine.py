@@ -1,11 +1,14 @@
 """The inference engine computes the generator's function, for every norm and width."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from geo_pix2pix import Generator
+from geo_pix2pix.devices import cpu_has_native_bf16
 from geo_pix2pix.engine import InferenceUNet, PackedConv, SubPixelDeconv, fold_batch_norm, packing_available
 from geo_pix2pix.model import Pix2PixModel, run_batch
 from geo_pix2pix.networks import GeneratorConfig
@@ -197,6 +200,7 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
 
 
 @needs_packing
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="oneDNN packs bfloat16 weights only on CPUs with bfloat16")
 def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
     import pickle
 
@@ -213,3 +217,29 @@ def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
     assert got.dtype == torch.float32 and float((got - want).abs().mean()) < 0.01
     assert torch.equal(again, got)
     assert not BFloat16(trained_like(GeneratorConfig(base_width=8, norm="instance"))).inner.packed
+    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: False)
+    unpacked = BFloat16(g)  # where oneDNN cannot reorder bfloat16 weights
+    assert not unpacked.inner.packed
+    with torch.no_grad():
+        assert float((unpacked(x) - want).abs().mean()) < 0.01
+
+
+def test_run_batch_autocasts_only_float32_models(monkeypatch):
+    """A bf16 (or int8) engine runs in its own precision: on CUDA, float16 autocast would
+    recast a bfloat16 engine to float16 on every call."""
+    import geo_pix2pix.model as model_module
+
+    seen = []
+    real = model_module.autocast
+
+    def spy(device, enabled=True, **kw):
+        seen.append(enabled)
+        return real(device, enabled, **kw)
+
+    monkeypatch.setattr(model_module, "autocast", spy)
+    g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
+    tiles = np.zeros((1, 3, 256, 256), np.uint8)
+    run_batch(Pix2PixModel(g), tiles)
+    with pytest.warns(UserWarning) if not cpu_has_native_bf16() else nullcontext():
+        run_batch(Pix2PixModel(g, precision="bf16"), tiles)
+    assert seen == [True, False]
