@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 import geo_pix2pix
+from geo_pix2pix.engine import COMPUTE_CHUNK
 from geo_pix2pix.heap import kept_heap
-from geo_pix2pix.model import COMPUTE_CHUNK, Pix2PixModel, run_batch
+from geo_pix2pix.model import Pix2PixModel, run_batch
 from geo_pix2pix.networks import Generator, GeneratorConfig, gflop_per_tile
 from geo_pix2pix.quantize import calibrate
 from geo_pix2pix.raster import map_tiles

@@ -85,9 +85,9 @@ overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an exist
 precision_opt = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default="fp32",
                              show_default=True,
                              help="bf16: bfloat16, about 2× faster on CPUs with AVX512-BF16 or AMX, outputs "
-                                  "within about a grey level. int8: quantised CPU inference, several times "
-                                  "faster, outputs differ by a few grey levels (needs a calibrated checkpoint; "
-                                  "the default model is).")
+                                  "under a grey level from fp32 on average. int8: quantised CPU inference, "
+                                  "several times faster, outputs differ by a few grey levels (needs a calibrated "
+                                  "checkpoint; the default model is).")
 scheduler_opt = click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
                              help="Run on a Dask cluster: a scheduler's address, or local:N to start N "
                                   "workers here (needs geo-pix2pix[dask]; see docs/scaling.md).")
@@ -469,8 +469,10 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
         from .model import load_model
 
         # Loaded here, pickled to --workers or the --scheduler's workers (each builds its
-        # own bf16 or int8 engine).
-        model = load_model(weights, None if device == "auto" else device, precision=precision)
+        # own bf16 or int8 engine); for a cluster on the CPU, so that "auto" on a GPU
+        # client does not ship CUDA tensors to workers without one.
+        here = "cpu" if scheduler and device == "auto" else (None if device == "auto" else device)
+        model = load_model(weights, here, precision=precision)
     bar, update = _progress_bar(ctx, "tiles")
     with bar:
         result = make_tiles(source, dest, zooms=zoom, area=area, model=model, fmt=fmt, quality=quality,

@@ -19,6 +19,7 @@ batch, and the same tile always gives the same output.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -61,7 +62,7 @@ class Pix2PixModel(nn.Module):
         self.generator = generator.eval()
         self.checkpoint = checkpoint
         #: "fp32"; "bf16" (:class:`engine.BFloat16`: about twice as fast on CPUs with
-        #: bfloat16 arithmetic, outputs within about a grey level); or "int8" (CPU only,
+        #: bfloat16 arithmetic, outputs under a grey level from fp32 on average); or "int8" (CPU only,
         #: :mod:`quantize`; outputs differ by a few grey levels)
         self.precision = precision
         #: activation ranges for int8 (:func:`quantize.calibrate`), from the checkpoint
@@ -87,6 +88,12 @@ class Pix2PixModel(nn.Module):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_engine", None)  # rebuilt where it runs (a quantised engine does not pickle)
+        if self.checkpoint is not None:
+            # The generator's weights travel in the generator; the file's own copy, its
+            # discriminator and its optimiser state stay behind (shipped to every Dask
+            # worker, the default model pickled to 48 MB with them, 31 MB of them weights).
+            state["checkpoint"] = dataclasses.replace(self.checkpoint, generator_state={},
+                                                      discriminator_state=None, training=None)
         return state
 
     def engine(self) -> nn.Module:
@@ -138,8 +145,8 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     """Load a checkpoint (``None``: the default model shipped in the package).
 
     ``precision="bf16"`` runs the engine in bfloat16 (:class:`engine.BFloat16`; about
-    twice as fast as fp32 on CPUs with AVX512-BF16 or AMX, outputs within about a grey
-    level). ``precision="int8"`` runs the quantised CPU path (:mod:`quantize`); it needs
+    twice as fast as fp32 on CPUs with AVX512-BF16 or AMX, outputs under a grey level
+    from fp32 on average). ``precision="int8"`` runs the quantised CPU path (:mod:`quantize`); it needs
     the calibration that ``geo-pix2pix calibrate`` stores in the checkpoint (the
     default model has one). A ``.onnx`` path (from ``geo-pix2pix export-onnx``) is run by
     onnxruntime on the CPU (:class:`onnxrt.OnnxModel`).

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch import nn
 
-from .model import COMPUTE_CHUNK, model_device, run_batch
+from .engine import COMPUTE_CHUNK
+from .model import model_device, run_batch
 from .mosaic import StripMosaic
 from .tiling import Chip, TileGrid, reflect_window
 

@@ -357,8 +357,9 @@ ZSTD_LEVEL = 1
 #: Rendered images are written with Zstandard: at 4096², with overviews and predictor 2,
 #: 54.4 MB (deflate level 1: 53.8, none: 67.0), written in 0.13 s and its overviews built
 #: in 0.16 s (deflate: 0.45 and 0.30 s of CPU the model would otherwise use on a small
-#: machine). Every GDAL since 2.3 (2018) reads it, QGIS 3 included; ``compress="deflate"``
-#: writes what older or non-GDAL readers expect.
+#: machine). GDAL 2.3 (2018) or later built with Zstandard reads it (rasterio's wheels,
+#: Debian's GDAL and QGIS); ``compress="deflate"`` writes what older GDALs and non-GDAL
+#: readers expect.
 RENDER_COMPRESSION = "zstd"
 #: What ``--compress`` accepts for rendered GeoTIFFs.
 COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")

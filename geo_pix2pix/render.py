@@ -211,11 +211,15 @@ def render(
         pipe = None if remote is None else remote.pipeline(
             src, bands, factor, grid_raster.height, grid_raster.width, tile_size=tile_size, overlap=overlap,
             batch_size=batch_size, progress=progress)
-        rendered = _render_to_gtiff(grid_raster, gtiff_tmp, model, tile_size, overlap,
-                                    batch_size, progress, compress, pipe)
-        if resampled and not model_grid:
+        # The files on the way to the output are compressed losslessly: JPEG on the way
+        # and JPEG again in the output would lose twice.
+        lossless = RENDER_COMPRESSION if compress == "jpeg" else compress
+        warped_back = resampled and not model_grid
+        rendered = _render_to_gtiff(grid_raster, gtiff_tmp, model, tile_size, overlap, batch_size, progress,
+                                    compress if kind == "GTiff" and not warped_back else lossless, pipe)
+        if warped_back:
             back_tmp = stack.enter_context(scratch_path(dst, "back"))
-            _warp_back(gtiff_tmp, raster, back_tmp, compress)
+            _warp_back(gtiff_tmp, raster, back_tmp, compress if kind == "GTiff" else lossless)
             result_tmp = back_tmp
         else:
             result_tmp = gtiff_tmp
@@ -425,6 +429,8 @@ def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None
                    "BIGTIFF": "IF_SAFER"}
         if compression_level(compress) is not None:
             options["level"] = compression_level(compress)
+        if compress in ("deflate", "zstd", "lzw"):
+            options["predictor"] = "YES"  # as the GeoTIFF output: 58.9 → 53.8 MB at 4096² (deflate)
     elif driver == "JPEG":
         options = {"quality": 90}
     verify_written(src_path)  # a block lost to a full disk would read back as zeros

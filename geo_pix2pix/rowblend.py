@@ -30,7 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from torch import nn
 
-from .model import COMPUTE_CHUNK, model_device, run_batch
+from .engine import COMPUTE_CHUNK
+from .model import model_device, run_batch
 from .mosaic import BlendWeights
 from .pipeline import to_uint8
 from .tiling import TileGrid

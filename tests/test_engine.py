@@ -243,3 +243,25 @@ def test_run_batch_autocasts_only_float32_models(monkeypatch):
     with pytest.warns(UserWarning) if not cpu_has_native_bf16() else nullcontext():
         run_batch(Pix2PixModel(g, precision="bf16"), tiles)
     assert seen == [True, False]
+
+
+def test_a_pickled_model_leaves_the_checkpoints_other_contents_behind(tmp_path):
+    """What a Dask worker receives: the generator and the facts, not the file's second
+    copy of the weights, its discriminator or its optimiser state."""
+    import pickle
+
+    from geo_pix2pix.checkpoints import save_checkpoint
+    from geo_pix2pix.model import load_model
+    from geo_pix2pix.networks import Discriminator, DiscriminatorConfig
+
+    g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
+    path = save_checkpoint(tmp_path / "m.pt", g, discriminator=Discriminator(DiscriminatorConfig(base_width=8)),
+                           ground_resolution=2.0)
+    model = load_model(path)
+    assert model.checkpoint.discriminator_state
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.checkpoint.discriminator_state is None and not copy.checkpoint.generator_state
+    assert copy.identity == model.identity and copy.ground_resolution == 2.0
+    assert model.checkpoint.discriminator_state  # the original keeps everything
+    tiles = np.random.default_rng(2).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    assert np.array_equal(run_batch(copy, tiles), run_batch(model, tiles))

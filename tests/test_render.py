@@ -270,6 +270,25 @@ def test_compression_choices_round_trip(make_raster, tmp_path, identity, compres
         assert b.overviews(1)
 
 
+def test_cog_predictor_and_a_single_lossy_encoding(make_raster, tmp_path, identity):
+    """A COG gets the horizontal predictor as the GeoTIFF output does, and JPEG output is
+    encoded once: the files on the way to it are lossless."""
+    src = make_raster(600, 700, seed=8)
+    render(src, tmp_path / "cog.tif", model=identity, cog=True, compress="deflate")
+    with rasterio.open(tmp_path / "cog.tif") as b:
+        assert b.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
+    pixels = []
+    for cog in (False, True):
+        dst = tmp_path / f"jpeg-{cog}.tif"
+        render(src, dst, model=identity, cog=cog, compress="jpeg")
+        with rasterio.open(dst) as b:
+            assert b.compression.name.lower() == "jpeg"
+            pixels.append(b.read())
+    # Both encode the same pixels once, in whole 16-pixel JPEG blocks: the same result
+    # (with a JPEG intermediate, the COG's pixels were encoded twice and differed).
+    assert np.array_equal(*pixels)
+
+
 def test_unknown_compression_is_refused_before_any_work(make_raster, tmp_path, identity):
     from geo_pix2pix.errors import OptionError
 

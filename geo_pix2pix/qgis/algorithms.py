@@ -84,7 +84,8 @@ def _device_param(name: str) -> QgsProcessingParameterEnum:
 
 def _precision_param(name: str) -> QgsProcessingParameterEnum:
     return _advanced(QgsProcessingParameterEnum(
-        name, "Precision (int8: quantised CPU inference, faster, outputs differ slightly)",
+        name, "Precision (bf16: about 2× faster on CPUs with AVX512-BF16 or AMX; int8: quantised CPU "
+              "inference; both differ slightly from fp32)",
         options=list(PRECISIONS), defaultValue=0))
 
 
