@@ -10,7 +10,7 @@ whose absolute speed moves from minute to minute:
 - the engine (:class:`geo_pix2pix.engine.InferenceUNet`) at batch 1 and through
   ``run_batch`` at its fixed compute chunk, inside :func:`geo_pix2pix.heap.kept_heap`
   as ``render`` runs it;
-- the bfloat16 engine (``precision="bf16"``, :class:`geo_pix2pix.engine.BFloat16`) and
+- the bfloat16 engine (``precision="bf16"``, :func:`geo_pix2pix.engine.bfloat16_engine`) and
   the int8 path (``precision="int8"``, :mod:`geo_pix2pix.quantize`) at the chunk;
 - where onnxruntime is installed, the engine exported to ONNX and run by onnxruntime
   (``--weights model.onnx``, :mod:`geo_pix2pix.onnxrt`) at the chunk.

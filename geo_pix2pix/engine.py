@@ -27,7 +27,7 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
   apply the ReLU / LeakyReLU inside the convolution: +12 % on the paper-width
   generator, bit-identical outputs.
 - **In-place activations**, no dropout, no autograd.
-- **bfloat16, on request** (:class:`BFloat16`, ``--precision bf16``). On a CPU that
+- **bfloat16, on request** (:func:`bfloat16_engine`, ``--precision bf16``). On a CPU that
   multiplies bfloat16 in hardware (AVX512-BF16 or AMX) oneDNN's bfloat16 convolutions
   run at about twice the float32 rate: the default model 68 → 122 tiles/s against the
   float32 engine, the paper width 17 → 33; outputs differ from float32 by about 0.7
@@ -54,8 +54,8 @@ from .networks import Generator
 #: batch size asked for, its batch-mates, or its position in the batch.
 COMPUTE_CHUNK = 8
 
-__all__ = ["COMPUTE_CHUNK", "BFloat16", "ChannelsLast", "InferenceUNet", "PackedConv", "ParityInterleave",
-           "SubPixelDeconv", "fold_batch_norm", "packing_available", "prefers_channels_last"]
+__all__ = ["COMPUTE_CHUNK", "ChannelsLast", "InferenceUNet", "PackedConv", "ParityInterleave", "SubPixelDeconv",
+           "bfloat16_engine", "fold_batch_norm", "packing_available", "prefers_channels_last"]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,13 +264,23 @@ def prefers_channels_last(gen: nn.Module) -> bool:
 
 
 class InferenceUNet(nn.Module):
-    """Inference-only form of a :class:`Generator` (see the module docstring)."""
+    """Inference-only form of a :class:`Generator` (see the module docstring).
+
+    ``dtype``: the precision of its weights and activations (float32, or bfloat16 for
+    :func:`bfloat16_engine`); tiles go in and come out as float32 either way.
+    """
 
     def __init__(self, gen: Generator, channels_last: bool | None = None, subpixel_decoder: bool = False,
-                 pack: bool | None = None, batch: int = COMPUTE_CHUNK) -> None:
+                 pack: bool | None = None, batch: int = COMPUTE_CHUNK, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if gen.training:
             raise ValueError("build the engine from a generator in eval mode (gen.eval())")
+        if dtype != torch.float32:
+            import copy
+
+            # The InstanceNorm layers below are the generator's own: convert a copy.
+            gen = copy.deepcopy(gen)
+        self.dtype = dtype
         self.config = gen.config
         self.downs = nn.ModuleList(_Block(*fold_batch_norm(d.conv, d.norm), 0.2) for d in gen.downs)
         self.ups = nn.ModuleList(_Block(*fold_batch_norm(u.conv, u.norm), 0.0) for u in gen.ups)
@@ -285,12 +295,17 @@ class InferenceUNet(nn.Module):
         self.layout = ChannelsLast() if channels_last else nn.Identity()
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        if dtype != torch.float32:
+            self.to(dtype)
         if pack is None:
             # Measured on channels-last models only; the quantised and ONNX paths need
-            # ordinary modules, and oneDNN is a CPU library.
+            # ordinary modules, and oneDNN is a CPU library, which reorders bfloat16
+            # weights only on CPUs with bfloat16 support (elsewhere: unpacked and slow,
+            # see model.py).
             weight = self.head.conv.weight
-            pack = (channels_last and not subpixel_decoder and packing_available()
-                    and weight.device.type == "cpu" and weight.dtype == torch.float32)
+            pack = (channels_last and not subpixel_decoder and packing_available() and weight.device.type == "cpu"
+                    and (weight.dtype == torch.float32
+                         or (weight.dtype == torch.bfloat16 and devices.cpu_has_native_bf16())))
         if pack and subpixel_decoder:
             raise ValueError("pack=True and subpixel_decoder=True: the sub-pixel decoder is for the int8 path, "
                              "which packs its own weights")
@@ -312,6 +327,8 @@ class InferenceUNet(nn.Module):
         self.head.conv = PackedConv(conv, input_size=(batch, conv.in_channels, size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype != torch.float32:  # a constant: tracing (int8, ONNX) sees no cast
+            x = x.to(self.dtype)
         x = self.layout(x)
         skips = []
         for down in self.downs:  # (N, 3, 256, 256) → … → (N, 512, 1, 1)
@@ -320,39 +337,20 @@ class InferenceUNet(nn.Module):
         skips.pop()
         for up in self.ups:  # (N, 512, 1, 1) → … → (N, 64, 128, 128)
             x = torch.cat([up(x), skips.pop()], dim=1)
-        return self.tanh(self.head(x)).contiguous()  # (N, 3, 256, 256)
+        y = self.tanh(self.head(x)).contiguous()  # (N, 3, 256, 256)
+        return y if self.dtype == torch.float32 else y.float()
 
 
-class BFloat16(nn.Module):
-    """An engine run in bfloat16: float32 tiles in and out, bfloat16 weights and
-    activations in between (validation split, default model: L1 +0.0002 and SSIM
-    −0.0006 against float32, ``docs/performance.md``).
+def bfloat16_engine(gen: Generator) -> InferenceUNet:
+    """The engine of ``gen`` in bfloat16 (``--precision bf16``): float32 tiles in and
+    out, bfloat16 weights and activations in between (validation split, default model:
+    L1 +0.0002 and SSIM −0.0006 against float32, ``docs/performance.md``).
 
-    Built from its own copy of the generator (``InferenceUNet`` shares InstanceNorm
-    layers with the generator it was built from, and converting them must not change
-    the generator). Against this engine unpacked and with oneDNN's transposed
-    convolutions, measured on the 2-core Zen 4 at batch 8: where the float32 engine
-    packs its weights (channels-last BatchNorm models on the CPU) they are packed here
-    too, in bfloat16 (paper width 31 → 34 tiles/s; the sub-pixel decoder instead:
-    27–28); NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2
-    convolutions oneDNN runs faster in bfloat16 than its transposed ones (default model
-    109–111 → 122–124). The float32 engine: 17 and 68 tiles/s.
+    NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2 convolutions
+    oneDNN runs faster in bfloat16 than its transposed ones (default model 109–111 →
+    122–124 tiles/s on the 2-core Zen 4 at batch 8; the float32 engine: 68);
+    channels-last (BatchNorm) models keep the transposed convolutions and, where oneDNN
+    can reorder bfloat16 weights, have them packed (paper width 31 → 34 tiles/s; the
+    sub-pixel decoder instead: 27–28; the float32 engine: 17).
     """
-
-    def __init__(self, gen: Generator) -> None:
-        super().__init__()
-        import copy
-
-        gen = copy.deepcopy(gen)
-        channels_last = prefers_channels_last(gen)
-        inner = InferenceUNet(gen, channels_last=channels_last, pack=False,
-                              subpixel_decoder=not channels_last).to(torch.bfloat16)
-        # oneDNN reorders bfloat16 weights only on CPUs with bfloat16 support (AVX-512 or
-        # AVX-NE-CONVERT); elsewhere the engine runs unpacked (and slowly, see model.py).
-        if (channels_last and gen.head[0].weight.device.type == "cpu" and packing_available()
-                and devices.cpu_has_native_bf16()):
-            inner._pack(COMPUTE_CHUNK)
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(torch.bfloat16)).float()
+    return InferenceUNet(gen, subpixel_decoder=not prefers_channels_last(gen), dtype=torch.bfloat16)

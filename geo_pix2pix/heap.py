@@ -9,9 +9,9 @@ a fresh 33 MB matrix product took 12 ms against 4 ms into memory already held.
 :func:`kept_heap` tells glibc to serve every block from its heap and keep what is
 freed there, for as long as the work runs; on leaving it sets glibc's settings back
 (see ``_LEFT_MMAP_THRESHOLD``) and hands the free memory back (``malloc_trim``). Measured in one process
-(``benchmarks/model_throughput.py``): the paper-width engine at batch 8 15.8 → 17.3
-tiles/s, the default model's 61 → 75; a paper-width training step 1.62 → 1.73
-steps/s. Peak memory is the same (the same blocks, reused instead of remapped).
+(``benchmarks/model_throughput.py``, ``docs/performance.md``): the paper-width engine
+at batch 8 15.1 → 17.0 tiles/s, the default model's 60 → 66; a paper-width training
+step about 3 % faster. Peak memory is the same (the same blocks, reused instead of remapped).
 
 It changes ``malloc`` settings of the whole process (a QGIS session included) while
 active; nested and concurrent uses share one setting, restored when the last one

@@ -32,7 +32,7 @@ from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint
 from .devices import autocast, cpu_has_native_bf16, resolve_device
-from .engine import COMPUTE_CHUNK, BFloat16, InferenceUNet
+from .engine import COMPUTE_CHUNK, InferenceUNet, bfloat16_engine
 from .errors import CheckpointError, DeviceError, OptionError
 from .networks import Generator
 
@@ -61,7 +61,7 @@ class Pix2PixModel(nn.Module):
             raise OptionError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.generator = generator.eval()
         self.checkpoint = checkpoint
-        #: "fp32"; "bf16" (:class:`engine.BFloat16`: about twice as fast on CPUs with
+        #: "fp32"; "bf16" (:func:`engine.bfloat16_engine`: about twice as fast on CPUs with
         #: bfloat16 arithmetic, outputs under a grey level from fp32 on average); or "int8" (CPU only,
         #: :mod:`quantize`; outputs differ by a few grey levels)
         self.precision = precision
@@ -119,7 +119,7 @@ class Pix2PixModel(nn.Module):
                         warnings.warn("--precision bf16: this CPU has no bfloat16 arithmetic (AVX512-BF16 or "
                                       "AMX) and emulates it, more slowly than fp32: use --precision int8 or "
                                       "fp32 here", stacklevel=2)
-                    engine = BFloat16(self.generator.eval())
+                    engine = bfloat16_engine(self.generator.eval())
                 else:
                     engine = InferenceUNet(self.generator.eval())
                 if key[0].type == "cuda":
@@ -144,7 +144,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
                precision: str = "fp32") -> nn.Module:
     """Load a checkpoint (``None``: the default model shipped in the package).
 
-    ``precision="bf16"`` runs the engine in bfloat16 (:class:`engine.BFloat16`; about
+    ``precision="bf16"`` runs the engine in bfloat16 (:func:`engine.bfloat16_engine`; about
     twice as fast as fp32 on CPUs with AVX512-BF16 or AMX, outputs under a grey level
     from fp32 on average). ``precision="int8"`` runs the quantised CPU path (:mod:`quantize`); it needs
     the calibration that ``geo-pix2pix calibrate`` stores in the checkpoint (the

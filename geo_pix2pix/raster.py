@@ -363,6 +363,8 @@ ZSTD_LEVEL = 1
 RENDER_COMPRESSION = "zstd"
 #: What ``--compress`` accepts for rendered GeoTIFFs.
 COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")
+#: The codecs written with the horizontal predictor (GeoTIFF and COG output alike).
+PREDICTOR_CODECS = ("deflate", "lzw", "zstd")
 
 
 def compression_level(compress: str) -> int | None:
@@ -383,7 +385,7 @@ def output_profile(raster: MapRaster, *, width: int, height: int, transform, crs
     level = compression_level(compress)
     if level is not None:
         profile["zlevel" if compress.lower() == "deflate" else "zstd_level"] = level
-    if compress.lower() not in ("deflate", "lzw", "zstd"):
+    if compress.lower() not in PREDICTOR_CODECS:
         profile.pop("predictor")
     if compress.lower() == "jpeg":
         profile["photometric"] = "YCbCr" if count == 3 else "RGB"

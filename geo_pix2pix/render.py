@@ -45,6 +45,7 @@ from .pipeline import TilePipeline
 from .raster import (
     COMPRESSIONS,
     DEFLATE_LEVEL,
+    PREDICTOR_CODECS,
     RENDER_COMPRESSION,
     ZSTD_LEVEL,
     MapRaster,
@@ -429,7 +430,7 @@ def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None
                    "BIGTIFF": "IF_SAFER"}
         if compression_level(compress) is not None:
             options["level"] = compression_level(compress)
-        if compress in ("deflate", "zstd", "lzw"):
+        if compress in PREDICTOR_CODECS:
             options["predictor"] = "YES"  # as the GeoTIFF output: 58.9 → 53.8 MB at 4096² (deflate)
     elif driver == "JPEG":
         options = {"quality": 90}

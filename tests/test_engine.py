@@ -204,22 +204,22 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
 def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
     import pickle
 
-    from geo_pix2pix.engine import BFloat16
+    from geo_pix2pix.engine import bfloat16_engine
 
     g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
-    e = BFloat16(g)
-    assert e.inner.packed and isinstance(e.inner.head.conv, PackedConv)
-    assert e.inner.head.conv.weight.dtype == torch.bfloat16
+    e = bfloat16_engine(g)
+    assert e.packed and isinstance(e.head.conv, PackedConv)
+    assert e.head.conv.weight.dtype == torch.bfloat16
     x = torch.rand(2, 3, 256, 256) * 2 - 1
     with torch.no_grad():
         want, got = g(x), e(x)
         again = pickle.loads(pickle.dumps(e))(x)
     assert got.dtype == torch.float32 and float((got - want).abs().mean()) < 0.01
     assert torch.equal(again, got)
-    assert not BFloat16(trained_like(GeneratorConfig(base_width=8, norm="instance"))).inner.packed
+    assert not bfloat16_engine(trained_like(GeneratorConfig(base_width=8, norm="instance"))).packed
     monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: False)
-    unpacked = BFloat16(g)  # where oneDNN cannot reorder bfloat16 weights
-    assert not unpacked.inner.packed
+    unpacked = bfloat16_engine(g)  # where oneDNN cannot reorder bfloat16 weights
+    assert not unpacked.packed
     with torch.no_grad():
         assert float((unpacked(x) - want).abs().mean()) < 0.01
 
