@@ -51,6 +51,7 @@ __all__ = [
     "output_profile",
     "parse_bands",
     "scratch_path",
+    "sidecars",
     "verify_written",
 ]
 
@@ -405,7 +406,11 @@ def open_output(path: str | os.PathLike, profile: dict):
 
 
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse outputs that would lose data or cannot be written, before any work."""
+    """Refuse outputs that would lose data or cannot be written, before any work.
+
+    Any existing path counts as existing: a dangling symbolic link, and a side file of
+    DST left by an earlier output (:func:`sidecars`), which the new output replaces.
+    """
     dst_p = Path(dst)
     if dst_p.exists() and Path(src).exists() and os.path.samefile(src, dst_p):  # links too
         raise OutputPathError(f"output {str(dst)!r} is the input file: choose another output path")
@@ -416,16 +421,57 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
         raise OutputPathError(f"output folder {str(parent)!r} does not exist: create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"output folder {str(parent)!r} is not writable: choose another output path")
-    if dst_p.exists() and not overwrite:
-        raise OutputExistsError(f"output {str(dst)!r} exists: pass --overwrite (overwrite=True in Python) "
-                                "to replace it")
+    if not overwrite:
+        if os.path.lexists(dst_p):
+            raise OutputExistsError(f"output {str(dst)!r} exists: pass --overwrite (overwrite=True in Python) "
+                                    "to replace it")
+        side = next((p for p in sidecars(dst_p) if os.path.lexists(p)), None)
+        if side is not None:
+            raise OutputExistsError(f"output {str(dst)!r} has a side file left by an earlier output "
+                                    f"({str(side)!r}) that GDAL would read as its georeference: pass "
+                                    "--overwrite (overwrite=True in Python) to replace both, or remove it")
     return dst_p
 
 
+#: GDAL's side files named ``NAME`` + suffix: georeference, nodata and metadata (PAM),
+#: external overviews, external mask.
+SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk")
+
+
+def sidecars(path: str | os.PathLike) -> list[Path]:
+    """The side files GDAL reads as part of the raster ``path``: :data:`SIDECAR_SUFFIXES`
+    and the world files (``NAME.wld``, ``.pgw``/``.pngw`` for ``.png``, ``.tfw``/``.tifw``
+    for ``.tif``…), which take precedence over a PNG's or JPEG's ``.aux.xml``."""
+    path = Path(path)
+    out = [Path(str(path) + s) for s in SIDECAR_SUFFIXES]
+    ext = path.suffix[1:]
+    if ext:
+        stem = path.with_suffix("")
+        names = {f"{ext[0]}{ext[-1]}w", f"{ext}w", "wld"}
+        out += [Path(f"{stem}.{n}") for n in sorted(names)]
+    return out
+
+
 def _remove_with_side_files(path: Path) -> None:
-    for p in (path, Path(str(path) + ".aux.xml"), Path(str(path) + ".ovr"), Path(str(path) + ".msk")):
+    for p in (path, *(Path(str(path) + s) for s in SIDECAR_SUFFIXES)):
         if p.exists():
             p.unlink()
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    """Rename ``tmp`` onto ``dst`` with its side files; ``dst``'s old side files go.
+
+    Two renames cannot be one atomic step; the order makes sure no moment shows an
+    image with another image's side files: old side files, then the image, then its own.
+    """
+    own = [(Path(str(tmp) + s), Path(str(dst) + s)) for s in SIDECAR_SUFFIXES]
+    for old in sidecars(dst):
+        if os.path.lexists(old):
+            old.unlink()
+    os.replace(tmp, dst)
+    for new, target in own:
+        if new.exists():
+            os.replace(new, target)
 
 
 #: errno values of a write that failed for want of room or of permission.
@@ -564,7 +610,9 @@ def atomic_output(dst: str | os.PathLike, suffix: str | None = None, check: bool
     file is checked (``check``, for rasters: :func:`verify_written`; GDAL reports some
     write errors, such as a full disk while closing a file, only in its log) and flushed
     to disk, so ``dst`` is never replaced by a damaged file, even by a power cut just
-    after the rename.
+    after the rename. ``dst``'s side files go with it: the new file's own (a PNG's or
+    JPEG's ``.aux.xml`` holding its CRS and transform) replace them, others are removed
+    (:func:`sidecars`).
     """
     dst = Path(dst)
     suffix = suffix if suffix is not None else dst.suffix
@@ -574,16 +622,15 @@ def atomic_output(dst: str | os.PathLike, suffix: str | None = None, check: bool
         if check:
             verify_written(tmp, dst)
         try:
-            _fsync(tmp)
+            for p in (tmp, *(Path(str(tmp) + s) for s in SIDECAR_SUFFIXES)):
+                if p.exists():
+                    _fsync(p)
         except OSError as exc:  # a network filesystem may report a full disk only now
             raise write_failure(dst, exc.strerror or str(exc), exc.errno) from None
-        os.replace(tmp, dst)
+        _publish(tmp, dst)
         try:
             _fsync(dst.parent)
         except OSError:
             pass  # some filesystems cannot fsync a folder; the rename is done either way
-        aux = Path(str(tmp) + ".aux.xml")
-        if aux.exists():
-            os.replace(aux, Path(str(dst) + ".aux.xml"))
     finally:
         _remove_with_side_files(tmp)
