@@ -21,35 +21,65 @@ from .errors import GeoPix2PixError
 log = logging.getLogger("geo_pix2pix")
 
 
+#: signal → (exit code, the word that starts the message); SIGHUP: the terminal was closed
+_SIGNALS = {signal.SIGINT: (130, "Interrupted"), signal.SIGTERM: (143, "Terminated")}
+if hasattr(signal, "SIGHUP"):  # not on Windows
+    _SIGNALS[signal.SIGHUP] = (129, "Hung up")
+
+
 class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM so that cleanup (temporary files) runs."""
+    """Raised in the main thread on SIGTERM or SIGHUP so that cleanup (temporary files) runs."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised by subprocess tests
-    raise Interrupted()
+def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP raise :class:`Interrupted`, SIGINT ``KeyboardInterrupt``: the
+    same cleanup runs for all three. Called before any heavy import (torch), so that a
+    signal during start-up is a clean exit too."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    # nohup starts the program with SIGHUP ignored: keep it so.
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _on_signal)
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: restore it, so `kill -INT` stops a render cleanly there too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _say(message: str) -> None:
+    try:
+        click.echo(message, err=True)
+    except OSError:  # a hung-up terminal fails writes (EIO): the exit code still tells
+        pass
 
 
 class Group(click.Group):
     """Turns library errors into one-line messages and signals into clean exits."""
 
+    def main(self, *args, **kwargs):
+        install_signal_handlers()
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx: click.Context):
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        # A shell starts background jobs with SIGINT ignored, and Python then never raises
-        # KeyboardInterrupt: restore it, so `kill -INT` stops a render cleanly there too.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        install_signal_handlers()  # again: CliRunner and other callers enter here
         try:
             return super().invoke(ctx)
         except GeoPix2PixError as exc:
             if ctx.meta.get("verbose"):
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            _say(f"Error: {exc}")
             ctx.exit(1)
-        except Interrupted:
-            click.echo("Terminated: temporary files removed, existing outputs left untouched.", err=True)
-            ctx.exit(143)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: temporary files removed, existing outputs left untouched.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            code, word = _SIGNALS[getattr(exc, "signum", signal.SIGINT)]
+            note = ctx.meta.get("interrupted_note", "temporary files removed, existing outputs left untouched.")
+            _say(f"{word}: {note}")
+            ctx.exit(code)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -57,7 +87,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
     logging.getLogger("rasterio").setLevel(logging.WARNING)
     # Warnings (not georeferenced, resampling…) are shown once, as one line.
-    warnings.showwarning = lambda msg, cat, *a, **k: click.echo(f"Warning: {msg}", err=True)
+    warnings.showwarning = lambda msg, cat, *a, **k: _say(f"Warning: {msg}")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
