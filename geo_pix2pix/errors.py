@@ -16,6 +16,7 @@ __all__ = [
     "GeoPix2PixError",
     "InputRasterError",
     "MissingDependencyError",
+    "ModelOutputError",
     "NotGeoreferencedWarning",
     "OptionError",
     "OsmDataError",
@@ -52,6 +53,10 @@ class DestinationBusyError(OutputPathError):
 
 class CheckpointError(GeoPix2PixError, ValueError):
     """A weights file is corrupt, truncated, foreign, or of another architecture."""
+
+
+class ModelOutputError(GeoPix2PixError, ValueError):
+    """The model returned values that are not pixels (NaN): broken weights or a foreign model."""
 
 
 class DeviceError(GeoPix2PixError, RuntimeError):

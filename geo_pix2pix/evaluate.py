@@ -4,7 +4,8 @@ Each pair is brought to the evaluation size (256 × 256, PIL bicubic, map and ae
 alike) and the model is applied to the map exactly as ``geo-pix2pix render`` applies
 it to a 256 × 256 map image: the same tile grid (:class:`tiling.TileGrid`, by default
 with render's overlap, so a 256 px image is covered by four reflection-padded tiles),
-the same batching (:func:`model.run_batch`), the same blending (:class:`mosaic.StripMosaic`)
+the same tiles and nodata rule (:func:`pipeline.strip_tiles`), the same batching and
+NaN check (:func:`pipeline.run_tiles`), the same blending (:class:`mosaic.StripMosaic`)
 and the same rounding to 8 bits. ``tests/test_evaluate.py`` checks that the pixels are
 identical to those of :func:`geo_pix2pix.render` on a PNG of the map.
 
@@ -32,9 +33,10 @@ from . import metrics
 from .baselines import MeanColour, PaletteLookup
 from .data import PairSource, split_names
 from .errors import DatasetError, OptionError
-from .model import model_device, run_batch
+from .model import model_device
 from .mosaic import StripMosaic
-from .tiling import DEFAULT_OVERLAP, TileGrid, reflect_window
+from .pipeline import ArrayReader, run_tiles, strip_tiles
+from .tiling import DEFAULT_OVERLAP, TileGrid
 
 __all__ = ["EVAL_SIZE", "Evaluation", "Scores", "evaluate", "format_table", "render_tiles", "resize"]
 
@@ -100,14 +102,8 @@ def resize(img: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
 
 def _tiles_of(img: np.ndarray, grid: TileGrid) -> list[np.ndarray]:
     """The tiles of one (3, H, W) image, cut from row strips as render cuts them."""
-    t = grid.tile_size
-    x0, x1 = grid.col_starts[0], grid.col_starts[-1] + t
-    out = []
-    for r in range(grid.shape[0]):
-        chips = grid.row(r)
-        strip, _ = reflect_window(img, chips[0].row_off, x0, t, x1 - x0)
-        out += [strip[:, :, c.col_off - x0 : c.col_off - x0 + t] for c in chips]
-    return out
+    reader = ArrayReader(np.ascontiguousarray(img))
+    return [tile for r in range(grid.shape[0]) for _, tile in strip_tiles(reader, grid, r)]
 
 
 def render_tiles(model: nn.Module, maps: np.ndarray, overlap: int = DEFAULT_OVERLAP,
@@ -116,7 +112,7 @@ def render_tiles(model: nn.Module, maps: np.ndarray, overlap: int = DEFAULT_OVER
     n, h, w = maps.shape[:3]
     grid = TileGrid(h, w, tile_size, overlap)
     tiles = [t for img in maps for t in _tiles_of(img.transpose(2, 0, 1), grid)]
-    outputs = run_batch(model, np.stack(tiles), model_device(model)) if tiles else []
+    outputs = run_tiles(model, np.stack(tiles), model_device(model)) if tiles else []
     result = np.empty_like(maps)
     per = len(grid)
     for i in range(n):

@@ -27,11 +27,12 @@ import numpy as np
 from torch import nn
 
 from .engine import COMPUTE_CHUNK
+from .errors import ModelOutputError
 from .model import model_device, run_batch
 from .mosaic import StripMosaic
-from .tiling import Chip, TileGrid, reflect_window
+from .tiling import Chip, TileGrid, clip_window, reflect_window
 
-__all__ = ["ArrayReader", "TilePipeline", "render_array", "to_uint8"]
+__all__ = ["ArrayReader", "TilePipeline", "fill_nodata", "render_array", "run_tiles", "strip_tiles", "to_uint8"]
 
 POP_ROWS = 32  # rows turned from float sums into uint8 at a time (keeps temporaries small)
 
@@ -43,6 +44,81 @@ def to_uint8(blended: np.ndarray) -> np.ndarray:
     np.rint(out, out=out)
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8)
+
+
+def fill_nodata(tile: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """The one rule for nodata pixels inside a model input: (3, h, w) uint8 with the
+    ``missing`` pixels (bool (h, w)) filled from the tile's valid pixels.
+
+    Each missing pixel takes the valid pixel mirrored across its nearest valid pixel,
+    or that nearest valid pixel where the mirror is missing or off the tile. Along a
+    straight nodata edge this is the reflection render pads a raster's own edges with,
+    so the model sees a collar as it sees the edge of the raster cropped to its data:
+    no dark band pulled through the receptive field, and per-tile (instance)
+    normalisation statistics of map-like content. Every path applies it (render, its
+    Dask tasks, tile metatiles, evaluation) before the model; the output is masked
+    there afterwards. A tile with no valid pixel is not filled: it is never rendered.
+    """
+    if not missing.any() or missing.all():
+        return tile
+    from scipy import ndimage
+
+    h, w = missing.shape
+    ny, nx = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+    yy, xx = np.mgrid[0:h, 0:w]
+    my, mx = 2 * ny - yy, 2 * nx - xx
+    ok = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
+    ok[ok] = ~missing[my[ok], mx[ok]]
+    sy, sx = np.where(ok, my, ny), np.where(ok, mx, nx)
+    return tile[:, sy, sx]
+
+
+def strip_tiles(reader, grid: TileGrid, r: int) -> list[tuple[Chip, np.ndarray]]:
+    """The model inputs of tile row ``r``: (chip, uint8 (3, t, t)) for every tile with a
+    valid pixel, its nodata filled (:func:`fill_nodata`), read as one strip of rows.
+
+    Pixels past the raster's edges are reflections of the raster (the reader pads so);
+    a reflection of a nodata pixel is nodata too and is filled like it.
+    """
+    t = grid.tile_size
+    x0, x1 = grid.col_starts[0], grid.col_starts[-1] + t
+    row_off = grid.row_starts[r]
+    strip, valid = reader.read(row_off, x0, t, x1 - x0)
+    content = None
+    if not valid.all():
+        # What each pixel shows is valid: the raster's mask, reflected as the pixels are.
+        (r0, r1, c0, c1), pads = clip_window(row_off, x0, t, x1 - x0, reader.height, reader.width)
+        (top, _), (left, _) = pads
+        core = valid[top : top + r1 - r0, left : left + c1 - c0]
+        if not core.all():
+            content = np.pad(core, pads, mode="reflect")
+    out = []
+    for chip in grid.row(r):
+        c = chip.col_off - x0
+        if not valid[:, c : c + t].any():
+            continue  # all nodata (or outside the raster): no model call
+        tile = strip[:, :, c : c + t].copy()  # a copy: frees the strip
+        if content is not None:
+            tile = fill_nodata(tile, ~content[:, c : c + t])
+        out.append((chip, tile))
+    return out
+
+
+def run_tiles(model: nn.Module, tiles: np.ndarray, device=None) -> np.ndarray:
+    """:func:`model.run_batch`, refusing NaN outputs: the one place every path (render,
+    its Dask tasks, tile metatiles, evaluation) runs the model on a batch of tiles.
+
+    NaN would be written as black pixels, and a finished, wrong image looks like a
+    success.
+    """
+    out = run_batch(model, tiles, device)
+    bad = np.isnan(out).any(axis=(1, 2, 3))
+    if bad.any():
+        raise ModelOutputError(
+            f"the model returned NaN (not a number) for {int(bad.sum())} of {len(bad)} tiles of a batch: "
+            "its weights are broken (a training run that diverged, a damaged file) or it is not a "
+            "map-to-aerial model: use another checkpoint, or omit --weights for the default model")
+    return out
 
 
 class ArrayReader:
@@ -81,7 +157,7 @@ class TilePipeline:
         return len(self.grid)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        grid, t = self.grid, self.tile_size
+        grid = self.grid
         mosaic = StripMosaic(grid)
         device = model_device(self.model)
         pending: list[tuple[Chip, np.ndarray]] = []
@@ -95,7 +171,7 @@ class TilePipeline:
 
         def run() -> Iterator[tuple[int, np.ndarray]]:
             nonlocal blended_row
-            outputs = run_batch(self.model, np.stack([tile for _, tile in pending]), device)
+            outputs = run_tiles(self.model, np.stack([tile for _, tile in pending]), device)
             for (chip, _), out in zip(pending, outputs, strict=True):
                 if chip.row > blended_row:
                     # Every tile of the rows above is blended: hand their rows out first,
@@ -107,15 +183,9 @@ class TilePipeline:
             pending.clear()
 
         ncols = grid.shape[1]
-        x0, x1 = grid.col_starts[0], grid.col_starts[-1] + t
         for r in range(grid.shape[0]):
-            chips = grid.row(r)
-            strip, valid = self.reader.read(chips[0].row_off, x0, t, x1 - x0)
-            for chip in chips:
-                c = chip.col_off - x0
-                if not valid[:, c : c + t].any():
-                    continue  # all nodata (or outside the raster): no model call
-                pending.append((chip, strip[:, :, c : c + t].copy()))  # copy: frees the strip
+            for chip, tile in strip_tiles(self.reader, grid, r):
+                pending.append((chip, tile))
                 if len(pending) >= max(self.batch_size, 1):
                     yield from run()
             if not pending:

@@ -31,9 +31,9 @@ import numpy as np
 from torch import nn
 
 from .engine import COMPUTE_CHUNK
-from .model import model_device, run_batch
+from .model import model_device
 from .mosaic import BlendWeights
-from .pipeline import to_uint8
+from .pipeline import run_tiles, strip_tiles, to_uint8
 from .tiling import TileGrid
 
 __all__ = ["RowBands", "RowMerger", "RowResult", "render_tile_row", "render_tile_rows", "row_bands"]
@@ -93,23 +93,20 @@ def render_tile_row(reader, model: nn.Module, grid: TileGrid, r: int, batch_size
 def render_tile_rows(reader, model: nn.Module, grid: TileGrid, rows: range, batch_size: int = 32) -> list[RowResult]:
     """:func:`render_tile_row` for consecutive tile rows, their tiles run in shared batches
     (a narrow raster's rows would each fill a fraction of a :data:`COMPUTE_CHUNK`)."""
-    t, width = grid.tile_size, grid.width
+    width = grid.width
     weights = BlendWeights.of(grid)
-    x0, x1 = grid.col_starts[0], grid.col_starts[-1] + t
     results, sums, queue = [], [], []
     for r in rows:
-        chips = grid.row(r)
-        strip, valid = reader.read(chips[0].row_off, x0, t, x1 - x0)
-        kept = [c for c in chips if valid[:, c.col_off - x0 : c.col_off - x0 + t].any()]
+        kept = strip_tiles(reader, grid, r)  # read, nodata filled, as TilePipeline does
         bands = row_bands(grid, r)
         results.append(RowResult(r, bands, rendered=len(kept)))
         sums.append(np.zeros((3, bands.end - bands.top_end, width), np.float32))  # own + bottom rows
-        queue.extend((len(results) - 1, c, strip[:, :, c.col_off - x0 : c.col_off - x0 + t]) for c in kept)
+        queue.extend((len(results) - 1, c, tile) for c, tile in kept)
     device = model_device(model)
     step = max(COMPUTE_CHUNK, batch_size - batch_size % COMPUTE_CHUNK)
     for i in range(0, len(queue), step):
         group = queue[i : i + step]
-        outs = run_batch(model, np.stack([tile for _, _, tile in group]), device)
+        outs = run_tiles(model, np.stack([tile for _, _, tile in group]), device)
         for (k, chip, _), out in zip(group, outs, strict=True):
             _split(chip, out, results[k], sums[k], weights.window, width)
     for result, partial in zip(results, sums, strict=True):

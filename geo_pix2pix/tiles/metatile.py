@@ -13,8 +13,9 @@ writes nothing (the writer in the main process does). Steps:
 4. stale tiles are cut from the blend: render-zoom tiles directly, deeper zooms
    upsampled (bicubic, reading across tile borders), and encoded.
 
-Missing source tiles are nodata; a chip with some nodata has it filled with the mean
-colour of its valid pixels (a function of the chip alone) and the output is masked.
+Missing source tiles are nodata; a chip with some nodata has it filled by render's rule
+(:func:`geo_pix2pix.pipeline.fill_nodata`, a function of the chip alone) and the output
+is masked.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 from torch import nn
 
 from ..errors import TileSourceError
-from ..model import model_device, run_batch
+from ..model import model_device
+from ..pipeline import fill_nodata, run_tiles
 from ..tiling import blend_window
 from .imaging import encode, upsample
 from .manifest import tile_key
@@ -166,7 +168,7 @@ def _render(stale: list[mercantile.Tile], pixels: dict, model: nn.Module, grid: 
     run = 0
 
     def flush() -> None:
-        outs = run_batch(model, np.stack([b[2] for b in batch]), device)
+        outs = run_tiles(model, np.stack([b[2] for b in batch]), device)
         for (cy, cx, _), out in zip(batch, outs, strict=True):
             # chip (cy, cx) in region coordinates; keep the part inside the region
             r0, c0 = max(cy, 0), max(cx, 0)
@@ -182,10 +184,7 @@ def _render(stale: list[mercantile.Tile], pixels: dict, model: nn.Module, grid: 
         v = cvalid[sy:sy + s, sx:sx + s]
         if not v.any():
             continue  # all nodata: no model call
-        chip = canvas[:, sy:sy + s, sx:sx + s]
-        if not v.all():
-            fill = np.rint(chip[:, v].mean(axis=1)).astype(np.uint8)
-            chip = np.where(v, chip, fill[:, None, None])
+        chip = fill_nodata(canvas[:, sy:sy + s, sx:sx + s], ~v)
         batch.append((grid.chip_start(ky) - y0, grid.chip_start(kx) - x0, chip))
         run += 1
         if len(batch) >= CHIPS_PER_CALL:
