@@ -48,7 +48,7 @@ class OutputExistsError(OutputPathError, FileExistsError):
 
 
 class DestinationBusyError(OutputPathError):
-    """Another process is writing the same tile cache (its lock is held)."""
+    """Another process is writing the same output or tile cache (its lock is held)."""
 
 
 class CheckpointError(GeoPix2PixError, ValueError):

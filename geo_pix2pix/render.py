@@ -41,6 +41,7 @@ from torch import nn
 from .errors import OptionError, OutputPathError
 from .heap import kept_heap
 from .model import load_model, model_device
+from .outlock import OutputLock
 from .pipeline import TilePipeline
 from .raster import (
     COMPRESSIONS,
@@ -168,6 +169,10 @@ def render(
     dst = check_output_path(src, dst, overwrite)
     kind = _output_kind(dst, cog)
     with ExitStack() as stack:
+        # One writer per DST; the check again under the lock: a render that held it may
+        # have just finished DST.
+        stack.enter_context(OutputLock(dst))
+        check_output_path(src, dst, overwrite)
         remote = None
         if client is not None:
             from .render_cluster import RemoteRender
