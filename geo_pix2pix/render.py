@@ -410,22 +410,35 @@ def _gdal_defaults(**options) -> rasterio.Env:
     return rasterio.Env(**{k: v for k, v in options.items() if k not in os.environ})
 
 
+def overview_factors(width: int, height: int) -> list[int]:
+    """The overview levels render builds: 2, 4, … while the longer side stays at least
+    256 px (one level for a raster just over 256 px; none for one that fits a tile).
+    The shorter side may end at 1 px: a 3 × 2000 raster gets levels of 2 × 1000, 1 × 500."""
+    side, factors, f = max(width, height), [], 2
+    while f <= 2**16 and (math.ceil(side / f) >= 256 or (not factors and side > 256)):
+        factors.append(f)
+        f *= 2
+    return factors
+
+
 def _build_overviews(path: Path) -> None:
     with rasterio.open(path, "r+") as ds:
-        factors, f = [], 2
-        while math.ceil(max(ds.width, ds.height) / f) >= 256 or (not factors and max(ds.width, ds.height) > 256):
-            factors.append(f)
-            f *= 2
-            if f > 2**16:
-                break
+        width, height = ds.width, ds.height
+        factors = overview_factors(width, height)
         if factors:
             ds.build_overviews(factors, Resampling.average)
             ds.update_tags(ns="rio_overview", resampling="average")
     if factors:
+        # Compared by size: rasterio's overviews() reports a factor from the width only,
+        # which is wrong for a raster a few pixels wide.
+        want = [(math.ceil(height / f), math.ceil(width / f)) for f in factors]
         with rasterio.open(path) as ds:
-            made = ds.overviews(1)
-        if made != factors:  # GDAL logs, but does not raise, a failed write of the overviews
-            raise rasterio.errors.RasterioIOError(f"{path.name}: overviews {made} written of {factors}")
+            made = []
+            for i in range(len(ds.overviews(1))):
+                with rasterio.open(path, overview_level=i) as ov:
+                    made.append(ov.shape)
+        if made != want:  # GDAL logs, but does not raise, a failed write of the overviews
+            raise rasterio.errors.RasterioIOError(f"{path.name}: overviews {made} written of {want}")
 
 
 def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None:

@@ -67,3 +67,39 @@ def test_nan_in_make_tiles_is_an_error(tmp_path):
     with pytest.raises(ModelOutputError, match="NaN"):
         make_tiles(src, tmp_path / "out", zooms=16, model=NaNModel())
     assert not list((tmp_path / "out").glob("16/*/*.png"))
+
+
+@pytest.mark.parametrize("height,width,suffix,cog", [
+    (2000, 3, ".tif", False), (3, 2000, ".tif", False), (2000, 3, ".tif", True), (2000, 3, ".png", False),
+    (100000, 1, ".tif", False), (1, 100000, ".tif", False),
+])
+def test_narrow_rasters_render_with_the_overviews_their_shape_allows(make_raster, tmp_path, identity,
+                                                                     height, width, suffix, cog):
+    import rasterio
+
+    from geo_pix2pix.render import overview_factors
+
+    src = make_raster(height, width, seed=height + width)
+    dst = tmp_path / f"out{suffix}"
+    render(src, dst, model=identity, cog=cog)
+    with rasterio.open(src) as a, rasterio.open(dst) as b:
+        assert np.array_equal(a.read(), b.read())
+        n = len(b.overviews(1))
+    if suffix == ".tif":
+        assert n >= 1
+        with rasterio.open(dst, overview_level=0) as ov:
+            # GDAL's GTiff driver rounds overview sizes up, its COG driver down.
+            assert ov.shape in ((-(-height // 2), -(-width // 2)), (max(1, height // 2), max(1, width // 2)))
+    assert overview_factors(width, height) == overview_factors(height, width)
+    assert overview_factors(200, 1) == [] and overview_factors(257, 1) == [2]
+
+
+def test_a_narrow_raster_through_the_cli(make_raster, tmp_path):
+    src = make_raster(2000, 3)
+    r = run_cli("render", src, tmp_path / "out.tif", "--weights", _tiny_weights(tmp_path))
+    assert r.returncode == 0, r.stderr
+
+
+def _tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "tiny.pt", Generator(base_width=4, norm="instance"))
