@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .memory import meta_module
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 __all__ = ["Checkpoint", "export_checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "FORMAT_VERSION"]
@@ -58,30 +59,82 @@ class Checkpoint:
     path: str | None = None
 
     def build_generator(self) -> Generator:
-        net = Generator(self.generator_config)
-        _load_state(net, self.generator_state, self.path, "generator")
-        return net
+        return _build(Generator, self.generator_config, self.generator_state, self.path, "generator")
 
     def build_discriminator(self) -> Discriminator | None:
         if self.discriminator_config is None or self.discriminator_state is None:
             return None
-        net = Discriminator(self.discriminator_config)
-        _load_state(net, self.discriminator_state, self.path, "discriminator")
-        return net
+        return _build(Discriminator, self.discriminator_config, self.discriminator_state, self.path,
+                      "discriminator")
 
 
-def _load_state(net: torch.nn.Module, state: dict, path: str | None, what: str) -> None:
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+def _build(cls, config, state: dict, path: str | None, what: str):
+    """The network ``cls(config)`` with the file's weights, checked against their shapes
+    before it is built: a config that does not match its weights (an edited file asking
+    for a network of terabytes) is refused without allocating it."""
+    name = path or "checkpoint"
+
+    def refuse(detail: str) -> CheckpointError:
+        return CheckpointError(
+            f"{name}: the {what} weights do not fit the network described in the same file "
+            f"({detail}); the file is from another architecture or was edited: use a "
+            "checkpoint written by geo-pix2pix train")
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise refuse("its state_dict is not a mapping of names to tensors")
+    levels = getattr(config, "num_downs", 0)
+    if levels > len(state):  # every level has weights: do not even lay out a deeper network
+        raise refuse(f"num_downs={levels} levels, but the file holds {len(state)} tensors")
     try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(
-            f"{path or 'checkpoint'}: the {what} weights do not fit the network described "
-            f"in the same file ({detail}); the file is from another architecture or was "
-            "edited: use a checkpoint written by geo-pix2pix train"
-        ) from None
+        skeleton = meta_module(lambda: cls(config))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise refuse(f"{config} cannot be built: {_one_line(exc)}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    wrong = [k for k in expected if k in found and expected[k] != found[k]]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if wrong:
+        k = wrong[0]
+        raise refuse(f"{k} is {list(found[k])} in the file, but {config} needs {list(expected[k])}"
+                     + (f"; {len(wrong) - 1} more tensors differ" if len(wrong) > 1 else ""))
+    if missing or unexpected:
+        parts = [f"{label}: {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise refuse("; ".join(parts))
+    net = cls(config)  # now known to be exactly as large as the weights in the file
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return net
+
+
+#: Ground resolutions a checkpoint may state, metres per pixel: a millimetre to 100 km.
+GROUND_RESOLUTION_RANGE = (1e-3, 1e5)
+
+
+def _ground_resolution(value: Any, path: Path) -> float | None:
+    """The checkpoint's ground resolution, checked: None (unknown) or a plausible number."""
+    lo, hi = GROUND_RESOLUTION_RANGE
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi:
+        return float(value)
+    raise CheckpointError(
+        f"{str(path)!r} states a ground_resolution of {value!r}, which is not a number of metres per "
+        f"pixel between {lo:g} and {hi:g}; the file was edited or written by other software: set its "
+        "'ground_resolution' entry to the training data's metres per pixel, or to None (torch.load, "
+        "torch.save)")
+
+
+def _load_reason(exc: BaseException) -> str:
+    """torch.load's reason, whole, on one line; the exception's kind where it gives none."""
+    if str(exc).strip():
+        return _one_line(exc)
+    return "EOFError: the file ended early" if isinstance(exc, EOFError) else type(exc).__name__
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's whole message on one line (PyTorch's run over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,9 +198,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{str(path)!r} is not a readable geo-pix2pix checkpoint ({reason[:160]}); "
+            f"{str(path)!r} is not a readable geo-pix2pix checkpoint ({_load_reason(exc)}); "
             "the file is corrupt, truncated or not a PyTorch file: train one with "
             "'geo-pix2pix train' or omit the weights to use the default model"
         ) from None
@@ -163,6 +215,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{str(path)!r} has checkpoint format version {version!r}; this geo-pix2pix "
             f"reads up to version {FORMAT_VERSION}: upgrade geo-pix2pix"
         )
+    ground_resolution = _ground_resolution(payload.get("ground_resolution"), path)
     try:
         gen = payload["generator"]
         gconf = GeneratorConfig(**gen["config"])
@@ -173,7 +226,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         ckpt = Checkpoint(
             generator_config=gconf,
             generator_state=gen["state_dict"],
-            ground_resolution=payload.get("ground_resolution"),
+            ground_resolution=ground_resolution,
             provenance=dict(payload.get("provenance") or {}),
             discriminator_config=dconf,
             discriminator_state=dstate,

@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_options import (Number, batch_opt, count, device_opt, overlap_opt, overwrite_opt, precision_opt,
+                          scheduler_opt, weights_opt)
 from .errors import GeoPix2PixError
 
 log = logging.getLogger("geo_pix2pix")
@@ -102,25 +104,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     _setup_logging(verbose, quiet)
 
 
-# -- options shared by several commands (rasterio's rio/options.py pattern) -------------
-weights_opt = click.option("--weights", "-w", type=click.Path(dir_okay=False), default=None,
-                           help="Checkpoint file; default: the model shipped with geo-pix2pix.")
-device_opt = click.option("--device", type=str, default="auto", show_default=True,
-                          help="auto, cpu, cuda, cuda:N or mps (auto picks CUDA when present).")
-batch_opt = click.option("--batch-size", "-b", type=int, default=None,
-                         help="Tiles per model call [default: 8].")
-overlap_opt = click.option("--overlap", type=int, default=None,
-                           help="Overlap between neighbouring tiles, pixels [default: 64].")
-overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-precision_opt = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default="fp32",
-                             show_default=True,
-                             help="bf16: bfloat16, about 2× faster on CPUs with AVX512-BF16 or AMX, outputs "
-                                  "under a grey level from fp32 on average. int8: quantised CPU inference, "
-                                  "several times faster, outputs differ by a few grey levels (needs a calibrated "
-                                  "checkpoint; the default model is).")
-scheduler_opt = click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
-                             help="Run on a Dask cluster: a scheduler's address, or local:N to start N "
-                                  "workers here (needs geo-pix2pix[dask]; see docs/scaling.md).")
+FRACTION = Number(float, 0, 1, hi_open=True, hint="the default is 0.1")
+#: the range checkpoints.GROUND_RESOLUTION_RANGE accepts (not imported: it would bring torch)
+GROUND_RESOLUTION = Number(float, 1e-3, 1e5, hint="metres per pixel, e.g. 2.12")
 
 
 def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
@@ -164,9 +150,13 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
     .png/.jpg for plain images.
     """
+    from .memory import check_memory, render_batch_bytes
     from .model import load_model
     from .render import render as render_fn
 
+    if batch_size is not None:  # the tiles of a batch and their outputs are held at once
+        check_memory(render_batch_bytes(batch_size, 256), f"--batch-size {batch_size}",
+                     "give a smaller --batch-size (the default is 8; 32 keeps a GPU busy)")
     if not scheduler:
         model = load_model(weights, device, precision=precision)
     elif precision == "fp32":
@@ -212,23 +202,34 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="BtoA", show_default=True,
               help="side-by-side only: BtoA = right half is the map (the pix2pix maps dataset).")
 @click.option("--aerial", type=click.Path(), default=None, help="rasters layout: the aerial raster.")
-@click.option("--steps", type=int, default=200_000, show_default=True, help="Total training steps.")
-@click.option("--decay-steps", type=int, default=0, show_default=True,
+@click.option("--steps", type=count(), default=200_000, show_default=True, help="Total training steps.")
+@click.option("--decay-steps", type=count(0), default=0, show_default=True,
               help="Last N steps: learning rate decays linearly to zero.")
-@click.option("--batch-size", "-b", type=int, default=1, show_default=True)
-@click.option("--width", type=int, default=64, show_default=True, help="Generator base width (64 = paper).")
-@click.option("--d-width", type=int, default=64, show_default=True, help="Discriminator base width.")
+@click.option("--batch-size", "-b", type=count(hint="the paper uses 1"), default=1, show_default=True)
+@click.option("--width", type=count(hint="the paper's is 64"), default=64, show_default=True,
+              help="Generator base width (64 = paper).")
+@click.option("--d-width", type=count(hint="the paper's is 64"), default=64, show_default=True,
+              help="Discriminator base width.")
 @click.option("--norm", type=click.Choice(["batch", "instance"]), default="instance", show_default=True,
               help="instance = the paper's test-time per-tile statistics, batch-independent.")
 @click.option("--load-size", type=str, default="286", show_default=True,
               help="Jitter resize: N or LOW-HIGH (random size per sample).")
-@click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--l1-weight", type=float, default=100.0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--ground-resolution", type=float, default=None,
+@click.option("--lr", type=Number(float, 0, lo_open=True, hint="the paper uses 0.0002"), default=2e-4,
+              show_default=True)
+@click.option("--l1-weight", type=Number(float, 0, hint="the paper uses 100"), default=100.0, show_default=True)
+@click.option("--augment", type=click.Choice(["mirror", "dihedral", "none"]), default="mirror", show_default=True,
+              help="mirror: the paper's random left-right mirror; dihedral: also up-down mirrors and 90° turns.")
+@click.option("--ema", type=Number(float, 0, 1, hi_open=True, hint="e.g. 0.999; 0 turns it off"), default=0.0,
+              show_default=True,
+              help="Ship and validate an exponential moving average of the generator's weights with this decay.")
+@click.option("--val-fraction", type=FRACTION, default=0.1, show_default=True)
+@click.option("--split-by", type=click.Choice(["region", "hash"]), default="region", show_default=True,
+              help="Validation tiles: region = whole neighbourhoods held out (like unseen ground); "
+                   "hash = a hash of the file names.")
+@click.option("--ground-resolution", type=GROUND_RESOLUTION, default=None,
               help="Metres per pixel of the training crops, stored in the checkpoint.")
-@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=count(hint="the default is 1000 steps"), default=1000, show_default=True)
+@click.option("--seed", type=count(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue from a checkpoint (weights, optimisers, step, RNG).")
 @click.option("--amp/--no-amp", default=True, show_default=True,
@@ -237,7 +238,8 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
 @device_opt
 @click.pass_context
 def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, batch_size, width, d_width,
-          norm, load_size, lr, l1_weight, val_fraction, ground_resolution, checkpoint_every, seed,
+          norm, load_size, lr, l1_weight, augment, ema, val_fraction, split_by, ground_resolution,
+          checkpoint_every, seed,
           resume, amp, device):
     """Train a pix2pix model on paired map/aerial data; checkpoints go to OUT_DIR.
 
@@ -257,16 +259,22 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
         lo, _, hi = load_size.partition("-")
         sizes = (int(lo), int(hi or lo))
     except ValueError:
-        raise OptionError(f"--load-size {load_size!r} must be N or LOW-HIGH, e.g. 286 or 256-300") from None
+        sizes = (0, -1)
+    if not 1 <= sizes[0] <= sizes[1]:
+        raise OptionError(f"--load-size {load_size!r} must be N or LOW-HIGH with LOW ≤ HIGH, e.g. 286 or 256-300")
+    if decay_steps > steps:
+        raise OptionError(f"--decay-steps {decay_steps} must be at most --steps {steps}: the learning rate decays "
+                          "over the last --decay-steps of the run")
+    gconf, dconf = GeneratorConfig(base_width=width, norm=norm), DiscriminatorConfig(base_width=d_width, norm=norm)
+    _check_train_memory(gconf, dconf, batch_size, sizes[1], device)
     source = _pair_source(layout, data, direction, aerial)
     if ground_resolution is None:
         ground_resolution = getattr(source, "ground_resolution", None)
     cfg = TrainConfig(steps=steps, decay_steps=decay_steps, batch_size=batch_size, lr=lr,
-                      l1_weight=l1_weight, load_size=sizes, val_fraction=val_fraction, seed=seed,
+                      l1_weight=l1_weight, load_size=sizes, augment=augment, ema=ema,
+                      val_fraction=val_fraction, split_by=split_by, seed=seed,
                       checkpoint_every=checkpoint_every, ground_resolution=ground_resolution, amp=amp)
-    trainer = Trainer(source, out_dir, cfg, GeneratorConfig(base_width=width, norm=norm),
-                      DiscriminatorConfig(base_width=d_width, norm=norm), device,
-                      provenance={"data": str(data), "layout": layout})
+    trainer = Trainer(source, out_dir, cfg, gconf, dconf, device, provenance={"data": str(data), "layout": layout})
     from tqdm import tqdm
 
     try:
@@ -279,11 +287,57 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
                 bar.set_postfix(d=rec.get("loss_d"), g=rec.get("loss_g_gan"), l1=rec.get("loss_g_l1"),
                                 refresh=False)
 
-            final = trainer.fit(progress)
+            try:
+                final = trainer.fit(progress)
+            except KeyboardInterrupt:
+                if trainer.main:
+                    ctx.meta["interrupted_note"] = _saved_run_note(ctx, last)
+                raise
     finally:
         trainer.close()
     if trainer.main:
         click.echo(f"wrote {final} (step {trainer.state.step})", err=True)
+
+
+def _check_train_memory(gconf, dconf, batch_size: int, load_size: int, device: str) -> None:
+    """Refuse, before anything is allocated, a run whose networks and batch cannot fit."""
+    from .devices import resolve_device
+    from .memory import check_memory, meta_module, train_bytes
+    from .networks import Discriminator, Generator
+
+    g, d = meta_module(lambda: Generator(gconf)), meta_module(lambda: Discriminator(dconf))
+    need = train_bytes(g, d, batch_size, 256, load_size)
+    check_memory(need, f"training with --width {gconf.base_width} --d-width {dconf.base_width} --batch-size "
+                       f"{batch_size} --load-size {load_size}",
+                 "lower --batch-size (the paper uses 1) or the widths (the paper's are 64)",
+                 resolve_device(device))
+
+
+def _saved_run_note(ctx: click.Context, last: Path) -> str:
+    """What an interrupted train says: where the run was saved, and the command that continues it."""
+    import shlex
+
+    import torch
+    from click.core import ParameterSource
+
+    try:
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["training"]["step"]
+    except Exception:  # not saved (interrupted before the first step, or while saving)
+        return "no step was saved; existing outputs left untouched."
+    words, options = ["geo-pix2pix", ctx.info_name], []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "resume" or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif param.is_flag:
+            flag = param.opts[0] if value else (param.secondary_opts or [None])[0]
+            options += [flag] if flag else []
+        else:
+            options += [max(param.opts, key=len), str(value)]
+    command = " ".join(shlex.quote(w) for w in [*words, *options, "--resume", str(last)])
+    return f"the run was saved at step {step} in {last}; continue it with: {command}"
 
 
 def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
@@ -309,8 +363,10 @@ def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
 @click.option("--aerial", type=click.Path(), default=None, help="rasters layout: the aerial raster.")
 @click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
               help="Tiles scored; val is the split the trainer holds out at the same --val-fraction.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--limit", type=int, default=None, help="Score only the first N tiles of the split.")
+@click.option("--val-fraction", type=FRACTION, default=0.1, show_default=True)
+@click.option("--split-by", type=click.Choice(["region", "hash"]), default="region", show_default=True,
+              help="As for train: region = whole neighbourhoods held out; hash = a hash of the file names.")
+@click.option("--limit", type=count(), default=None, help="Score only the first N tiles of the split.")
 @weights_opt
 @device_opt
 @precision_opt
@@ -319,10 +375,10 @@ def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
               help="Write the figures to this JSON file.")
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG grid: map | palette baseline | model | real, one tile a row.")
-@click.option("--grid-tiles", type=int, default=8, show_default=True, help="Rows of the --grid image.")
+@click.option("--grid-tiles", type=count(), default=8, show_default=True, help="Rows of the --grid image.")
 @overwrite_opt
 @click.pass_context
-def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, weights, device, precision,
+def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by, limit, weights, device, precision,
              overlap, json_path, grid_path, grid_tiles, overwrite):
     """Score a model on paired tiles in DATA against real aerials and two baselines.
 
@@ -332,20 +388,17 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
     """
     import json
 
-    from .errors import OptionError
     from .evaluate import evaluate as evaluate_fn
     from .evaluate import format_table
     from .model import load_model
     from .tiling import DEFAULT_OVERLAP
 
     json_file, grid_file = _check_new_file(json_path, overwrite), _check_new_file(grid_path, overwrite)
-    if grid_file is not None and grid_tiles < 1:
-        raise OptionError(f"--grid-tiles {grid_tiles} must be at least 1 to write --grid {grid_path}")
     source = _pair_source(layout, data, direction, aerial)
     model = load_model(weights, device, precision=precision)
     bar, update = _progress_bar(ctx, "evaluate")
     with bar:
-        result = evaluate_fn(source, model, split=split, val_fraction=val_fraction, limit=limit,
+        result = evaluate_fn(source, model, split=split, val_fraction=val_fraction, split_by=split_by, limit=limit,
                              overlap=DEFAULT_OVERLAP if overlap is None else overlap,
                              grid_tiles=grid_tiles if grid_file else 0, progress=update)
     click.echo(format_table(result))
@@ -376,7 +429,7 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, limit, w
                    "training folder, as for train (the map halves of its training split are used).")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="BtoA", show_default=True,
               help="side-by-side only: BtoA = right half is the map.")
-@click.option("--tiles", "max_tiles", type=int, default=1024, show_default=True,
+@click.option("--tiles", "max_tiles", type=count(), default=1024, show_default=True,
               help="Map tiles to observe (spread evenly over DATA).")
 @overwrite_opt
 @click.pass_context
@@ -394,8 +447,6 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, overwr
     from .model import default_model_path, load_model
     from .quantize import calibrate as calibrate_fn
 
-    if max_tiles < 1:
-        raise OptionError(f"--tiles {max_tiles} must be at least 1")
     out_file = _check_new_file(out_path, overwrite)
     src_weights = weights or default_model_path()
     model = load_model(src_weights, "cpu")
@@ -454,30 +505,42 @@ def export_onnx(ctx, dst, weights, overwrite):
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None,
               help="Area as GeoJSON polygons (lon/lat).")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp"]), default="png", show_default=True)
-@click.option("--quality", type=int, default=85, show_default=True, help="JPEG/WebP quality.")
-@click.option("--meta-size", type=int, default=8, show_default=True,
+@click.option("--quality", type=count(1, 100, hint="the default is 85"), default=85, show_default=True,
+              help="JPEG/WebP quality.")
+@click.option("--meta-size", type=count(1, 64, hint="the default is 8 (8×8 tiles per model pass)"), default=8,
+              show_default=True,
               help="Metatile side in tiles: tiles rendered per job (MapProxy meta_size).")
-@click.option("--buffer", type=int, default=32, show_default=True,
+@click.option("--buffer", type=Number(int, 0, hint="the default is 32"), default=32, show_default=True,
               help="Pixels of rendered context around every tile border (model chips overlap by twice this).")
-@click.option("--render-zoom", type=int, default=None,
+@click.option("--render-zoom", type=count(0, 24), default=None,
               help="Run the model at this zoom [default: the zoom matching its ground resolution].")
-@click.option("--workers", "-j", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", "-j", type=count(), default=1, show_default=True, help="Worker processes.")
 @click.option("--expire", type=click.Path(dir_okay=False), default=None,
               help="File of changed source tiles, z/x/y per line (osm2pgsql/render_expired).")
 @click.option("--force", is_flag=True, help="Regenerate every tile, changed or not.")
 @click.option("--no-model", is_flag=True, help="Copy the source's pixels: cut map tiles, no model.")
 @click.option("--bands", type=str, default=None, help="Raster SOURCE: bands to read as R,G,B.")
 @click.option("--name", default=None, help="Tile set name in the metadata [default: DEST's name].")
-@click.option("--attribution", default=None, help="Attribution in the metadata.")
+@click.option("--attribution", default=None,
+              help="Attribution in the metadata [default: 'Synthetic aerial imagery…; map data: ' and the "
+                   "source's own attribution].")
+@click.option("--url-base", default=None, metavar="URL",
+              help="XYZ DEST: the URL the folder is served at; tilejson.json then lists absolute tile URLs "
+                   "[default: relative ones, resolved against the tilejson.json's own URL].")
+@click.option("--max-tiles", type=Number(int, 0, hint="0 for no limit"), default=None,
+              help="Refuse a run making more tiles than this, all zooms counted; 0: no limit "
+                   "[default: 100,000,000].")
 @weights_opt
 @device_opt
 @precision_opt
 @click.option("--overwrite", is_flag=True,
-              help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced).")
+              help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced, once the new "
+                   "one is complete).")
 @scheduler_opt
 @click.pass_context
 def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
-          force, no_model, bands, name, attribution, weights, device, precision, overwrite, scheduler):
+          force, no_model, bands, name, attribution, url_base, max_tiles, weights, device, precision, overwrite,
+          scheduler):
     """Make or update an XYZ tile cache DEST of synthetic aerial imagery from map tiles SOURCE.
 
     SOURCE: an XYZ folder ({z}/{x}/{y}.png), an .mbtiles file, a georeferenced raster in any
@@ -503,13 +566,18 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
         # client does not ship CUDA tensors to workers without one.
         here = "cpu" if scheduler and device == "auto" else (None if device == "auto" else device)
         model = load_model(weights, here, precision=precision)
+    # What Ctrl-C, SIGTERM or SIGHUP leave: complete tiles, and a file --overwrite replaces as it was.
+    ctx.meta["interrupted_note"] = ("the tiles made so far are kept and a rerun goes on from there; temporary "
+                                    "files removed; a file that --overwrite was to replace is left as it was.")
+    limits = {} if max_tiles is None else {"max_tiles": max_tiles}
     bar, update = _progress_bar(ctx, "tiles")
     with bar:
         result = make_tiles(source, dest, zooms=zoom, area=area, model=model, fmt=fmt, quality=quality,
                             meta_size=meta_size, buffer=buffer, render_zoom=render_zoom, workers=workers,
                             expire=expire, force=force, overwrite=overwrite,
                             device=None if device == "auto" else device, bands=bands, name=name,
-                            attribution=attribution, progress=update, client=scheduler)
+                            attribution=attribution, url_base=url_base, progress=update, client=scheduler,
+                            **limits)
     for tile, reason in result.failures:
         click.echo(f"failed {tile}: {reason}", err=True)
     if not ctx.meta.get("quiet"):
@@ -523,7 +591,7 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
 @click.argument("dst", type=click.Path())
 @click.option("--bbox", default=None,
               help="Area as W,S,E,N in degrees [default: the extent of SRC's roads and buildings].")
-@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--resolution", type=GROUND_RESOLUTION, default=None,
               help="Ground metres per pixel [default: the default model's, 2.12].")
 @overwrite_opt
 @click.pass_context

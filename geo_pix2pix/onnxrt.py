@@ -89,9 +89,51 @@ def _session(path: Path):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own many kinds
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{str(path)!r} is not a readable ONNX model ({first}): "
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{str(path)!r} is not a readable ONNX model ({reason}): "
                               "write one with 'geo-pix2pix export-onnx'") from None
+
+
+def _check_signature(session, path: Path) -> None:
+    """One float32 input ``map`` and an output, both (N, C, H, W) with 3 channels where the
+    file says: what export_onnx writes and what render feeds."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    problem = None
+    if [i.name for i in inputs] != ["map"]:
+        problem = f"its inputs are {[i.name for i in inputs]}, not the one input 'map'"
+    elif inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        problem = f"its input 'map' is {inputs[0].type} of shape {inputs[0].shape}, not float (N, 3, H, W)"
+    elif not outputs or len(outputs[0].shape or ()) not in (0, 4):
+        problem = f"its output is of shape {outputs[0].shape if outputs else None}, not (N, 3, H, W)"
+    else:
+        for tensor in (inputs[0], outputs[0]):
+            shape = tensor.shape or []
+            if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != 3:
+                problem = f"its {tensor.name!r} has {shape[1]} channels, not 3 (RGB)"
+    if problem:
+        raise CheckpointError(f"{str(path)!r} is an ONNX model but not a geo-pix2pix generator ({problem}): "
+                              "write one with 'geo-pix2pix export-onnx'")
+
+
+def _metadata(meta: dict, path: Path) -> tuple[float | None, int]:
+    """The ground resolution and tile multiple from the file's metadata, checked."""
+    from .checkpoints import GROUND_RESOLUTION_RANGE
+
+    lo, hi = GROUND_RESOLUTION_RANGE
+    text = meta.get("ground_resolution", "")
+    try:
+        res = float(text) if text else None
+        if res is not None and not lo <= res <= hi:
+            raise ValueError(text)
+        multiple = int(meta.get("tile_multiple", "256"))
+        if not 1 <= multiple <= 65536 or multiple & (multiple - 1):
+            raise ValueError(multiple)
+    except ValueError:
+        raise CheckpointError(
+            f"{str(path)!r} has malformed geo-pix2pix metadata (ground_resolution {text!r}, tile_multiple "
+            f"{meta.get('tile_multiple')!r}; expected metres per pixel from {lo:g} to {hi:g} or nothing, and "
+            "a power of two): the file was edited: export it again with 'geo-pix2pix export-onnx'") from None
+    return res, multiple
 
 
 class OnnxModel(nn.Module):
@@ -108,9 +150,9 @@ class OnnxModel(nn.Module):
         if meta.get("format") != "geo-pix2pix-onnx":
             raise CheckpointError(f"{str(path)!r} is an ONNX model but not one written by 'geo-pix2pix "
                                   "export-onnx' (no ground resolution or tile size in its metadata)")
+        _check_signature(self.session, path)
         self.path = path
-        self.ground_resolution = float(meta["ground_resolution"]) if meta.get("ground_resolution") else None
-        self.tile_multiple = int(meta.get("tile_multiple", "256"))
+        self.ground_resolution, self.tile_multiple = _metadata(meta, path)
         self.identity = f"{_file_hash(path)}-onnx"
         self.checkpoint = None
         self.eval()
@@ -120,7 +162,16 @@ class OnnxModel(nn.Module):
         return {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.session.run(None, {"map": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
+        try:
+            y = self.session.run(None, {"map": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
+        except Exception as exc:  # onnxruntime's own kinds: a graph that cannot run on this input
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise CheckpointError(f"ONNX model {str(self.path)!r} failed on a batch {tuple(x.shape)} ({reason}): "
+                                  "export it again with 'geo-pix2pix export-onnx'") from None
+        if tuple(y.shape) != tuple(x.shape):
+            raise CheckpointError(f"ONNX model {str(self.path)!r} mapped a batch {tuple(x.shape)} to "
+                                  f"{tuple(y.shape)}; a generator keeps the shape (N, 3, H, W): export it again "
+                                  "with 'geo-pix2pix export-onnx'")
         return torch.from_numpy(y)
 
     def __getstate__(self) -> dict:  # for --workers: each process opens its own session

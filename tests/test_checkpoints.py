@@ -115,3 +115,65 @@ def test_newer_format_is_refused(tmp_path, small_pair):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="upgrade"):
         load_checkpoint(path)
+
+
+def _edited(tmp_path, small_pair, edit):
+    path = save_checkpoint(tmp_path / "m.pt", small_pair[0], discriminator=small_pair[1], ground_resolution=2.0)
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    torch.save(raw, path)
+    return path
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r["generator"]["config"].update(base_width=100_000),
+     r"downs.0.conv.weight is \[4, 3, 4, 4\] in the file, but GeneratorConfig\(.*base_width=100000.*\) needs "
+     r"\[100000, 3, 4, 4\]"),
+    (lambda r: r["generator"]["config"].update(num_downs=10**9),
+     r"num_downs=1000000000 levels, but the file holds \d+ tensors"),
+    (lambda r: r["generator"]["config"].update(in_channels=10**7), r"downs.0.conv.weight is \[4, 3, 4, 4\]"),
+    (lambda r: r["discriminator"]["config"].update(base_width=10**6), r"the discriminator weights do not fit"),
+    (lambda r: r["generator"]["state_dict"].update(extra=torch.zeros(1)), r"unexpected: extra"),
+    (lambda r: r["generator"]["state_dict"].pop("head.0.bias"), r"missing: head.0.bias"),
+    (lambda r: r["generator"]["state_dict"].update({"head.0.bias": "text"}), r"not a mapping of names to tensors"),
+    (lambda r: r["generator"]["config"].update(base_width=2.5), r"cannot be built"),
+])
+def test_network_config_is_checked_against_the_weights_before_it_is_built(tmp_path, small_pair, edit, match):
+    """A config asking for an enormous network is refused from the weights' shapes, at no cost:
+    building it (terabytes here) is what used to happen first."""
+    path = _edited(tmp_path, small_pair, edit)
+    ckpt = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=match) as info:
+        ckpt.build_generator()
+        ckpt.build_discriminator()
+    assert "\n" not in str(info.value) and str(info.value).endswith("use a checkpoint written by geo-pix2pix train")
+
+
+@pytest.mark.parametrize("value", ["2.0", "abc", float("nan"), float("inf"), -1.0, 0.0, 1e-300, True, [2.0],
+                                   {"m": 2}])
+def test_ground_resolution_must_be_a_number(tmp_path, small_pair, value, make_raster):
+    from clihelpers import assert_user_error, cli
+
+    path = _edited(tmp_path, small_pair, lambda r: r.update(ground_resolution=value))
+    with pytest.raises(CheckpointError, match="states a ground_resolution of"):
+        load_checkpoint(path)
+    line = assert_user_error(cli("render", make_raster(40, 40), tmp_path / "out.tif", "-w", path),
+                             f"states a ground_resolution of {value!r}, which is not a number of metres per pixel")
+    assert line.endswith("(torch.load, torch.save)")
+
+
+def test_unreadable_reason_is_kept_whole_on_one_line(tmp_path):
+    """torch's reason, e.g. a pickled function refused by weights_only, is not cut mid-sentence."""
+    import os
+
+    p = tmp_path / "pickled.pt"
+    torch.save({"a": torch.zeros(2), "f": os.system}, p)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(p)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "Trying to load unsupported GLOBAL posix.system" in msg  # the real reason, past 160 characters
+    assert msg.endswith("omit the weights to use the default model")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"\(EOFError: the file ended early\)"):
+        load_checkpoint(tmp_path / "empty.pt")

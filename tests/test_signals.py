@@ -149,3 +149,42 @@ def test_help_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "render" in out.stdout
+
+
+@pytest.mark.slow
+def test_interrupted_train_says_where_it_saved_and_how_to_resume(tmp_path):
+    import shlex
+
+    from test_train import make_pairs
+
+    data, run = make_pairs(tmp_path / "data", n=2), tmp_path / "run"
+    args = ["train", str(data), str(run), "--steps", "100000", "--width", "4", "--d-width", "4",
+            "--val-fraction", "0", "--checkpoint-every", "1", "--no-amp", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "geo_pix2pix", "-q", *args], env=ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists():  # training has begun
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    [line] = message_lines(err)
+    head, _, command = line.partition("; continue it with: ")
+    assert head.startswith("Interrupted: the run was saved at step ") and head.endswith(f" in {run / 'last.pt'}")
+    step = int(head.split("at step ")[1].split()[0])
+    assert step >= 1 and torch.load(run / "last.pt", weights_only=True)["training"]["step"] == step
+    words = shlex.split(command)
+    assert words[:2] == ["geo-pix2pix", "train"] and words[-2:] == ["--resume", str(run / "last.pt")]
+    assert words[2:-2] == [w if w != "0" else "0.0" for w in args[1:]]  # the same run, as given
+    # The command continues the run (to a nearer end than 100000 steps, for the test's sake).
+    words[words.index("--steps") + 1] = str(step + 2)
+    done = subprocess.run([sys.executable, "-m", "geo_pix2pix", "-q", *words[1:]], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"(step {step + 2})" in done.stderr
