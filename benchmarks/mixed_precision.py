@@ -89,7 +89,7 @@ def main() -> None:
     step = StepGradients(ckpt.build_generator().float(), D.float())
     source = _pair_source(args.layout, args.data, args.direction, None)
     train_idx, _ = split_names(source.names, 0.1)
-    data = JitteredPairs(source, train_idx, Jitter((256, 300), 256, True), seed=1)
+    data = JitteredPairs(source, train_idx, Jitter((256, 300), 256), seed=1)
     rows: dict[str, list[tuple[float, float, float, float]]] = {
         "bfloat16 autocast": [], "float32, another dropout mask": [], "float32, another batch": []}
     for i in range(args.batches):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .errors import DatasetError, OptionError
 
 __all__ = [
+    "AUGMENTS",
     "IMAGE_SUFFIXES",
     "JitteredPairs",
     "PairSource",
@@ -36,6 +37,9 @@ __all__ = [
     "to_tensor",
     "to_uint8",
 ]
+
+#: The training augmentations of :class:`Jitter` beyond resize and crop.
+AUGMENTS = ("mirror", "dihedral", "none")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -214,12 +218,18 @@ class Jitter:
     """The paper's random jitter: resize to ``load_size``, random crop, mirror.
 
     ``load_size`` is (low, high): each sample is resized to a size drawn uniformly in
-    that range (the paper's fixed 286 is ``(286, 286)``).
+    that range (the paper's fixed 286 is ``(286, 286)``). ``augment`` is one of
+    :data:`AUGMENTS`: "mirror" (the paper's left-right mirror), "dihedral" (any of the 8
+    mirrors and 90° turns) or "none".
     """
 
     load_size: tuple[int, int] = (286, 286)
     crop_size: int = 256
-    flip: bool = True
+    augment: str = "mirror"
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise OptionError(f"--augment {self.augment!r} must be one of {', '.join(AUGMENTS)}")
 
 
 class JitteredPairs:
@@ -266,8 +276,10 @@ class JitteredPairs:
         if size > j.crop_size:
             y, x = (int(v) for v in torch.randint(size - j.crop_size + 1, (2,), generator=self.rng))
             pair = pair[:, y : y + j.crop_size, x : x + j.crop_size]
-        if j.flip and bool(torch.rand((), generator=self.rng) < 0.5):
+        if j.augment != "none" and bool(torch.rand((), generator=self.rng) < 0.5):
             pair = pair.flip(-1)
+        if j.augment == "dihedral":  # with the mirror above: all 8 orientations
+            pair = pair.rot90(int(torch.randint(4, (1,), generator=self.rng)), dims=(-2, -1))
         return pair
 
 

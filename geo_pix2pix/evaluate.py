@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from torch import nn
 
-from . import metrics
+from . import metrics, regions
 from .baselines import MeanColour, PaletteLookup
-from .data import PairSource, split_names
+from .data import PairSource
 from .errors import DatasetError, OptionError
 from .model import model_device
 from .mosaic import StripMosaic
@@ -65,6 +65,7 @@ class Evaluation:
 
     scores: dict[str, Scores]
     split: str
+    split_by: str
     val_fraction: float
     tiles: int  # tiles scored
     train_tiles: int  # tiles the baselines were fitted on
@@ -76,6 +77,7 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {
             "split": self.split,
+            "split_by": self.split_by,
             "val_fraction": self.val_fraction,
             "tiles": self.tiles,
             "baseline_train_tiles": self.train_tiles,
@@ -153,13 +155,14 @@ class _Tally:
         )
 
 
-def split_indices(source: PairSource, split: str, val_fraction: float) -> tuple[list[int], list[int]]:
+def split_indices(source: PairSource, split: str, val_fraction: float,
+                  split_by: str = "region") -> tuple[list[int], list[int]]:
     """(indices to score, training indices the baselines are fitted on)."""
     if split not in SPLITS:
         raise OptionError(f"--split {split!r} must be one of {', '.join(SPLITS)}")
     if not 0 <= val_fraction < 1:
         raise OptionError(f"--val-fraction {val_fraction} must be in [0, 1)")
-    train, val = split_names(source.names, val_fraction)
+    train, val = regions.split_by(source, split_by, val_fraction)
     scored = {"val": val, "train": train, "all": sorted(train + val)}[split]
     if not scored:
         raise DatasetError(f"the {split} split of {len(source)} tiles is empty at val fraction "
@@ -182,6 +185,7 @@ def evaluate(
     *,
     split: str = "val",
     val_fraction: float = 0.1,
+    split_by: str = "region",
     limit: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     grid_tiles: int = 8,
@@ -198,7 +202,7 @@ def evaluate(
     if not 0 <= overlap < EVAL_SIZE:
         raise OptionError(f"--overlap {overlap} must be at least 0 and less than the tile size {EVAL_SIZE}; "
                           f"the default is render's, {DEFAULT_OVERLAP}")
-    scored, train = split_indices(source, split, val_fraction)
+    scored, train = split_indices(source, split, val_fraction, split_by)
     scored = scored[:limit] if limit else scored
     total = len(train) + len(scored)
     model.eval()
@@ -236,7 +240,7 @@ def evaluate(
     real = tallies["real"]
     return Evaluation(
         scores={name: tallies[name].scores(real) for name in METHODS},
-        split=split, val_fraction=val_fraction, tiles=len(scored), train_tiles=len(train),
+        split=split, split_by=split_by, val_fraction=val_fraction, tiles=len(scored), train_tiles=len(train),
         real_sharpness=float(np.mean(real.sharp)), palette_cells=palette.seen_cells, overlap=overlap,
         grid=np.concatenate(rows, axis=0) if rows else None,
     )
@@ -245,8 +249,8 @@ def evaluate(
 def format_table(ev: Evaluation) -> str:
     """The scores as a plain-text table, one row per method."""
     head = f"{'':16}{'L1':>8}{'PSNR':>8}{'SSIM':>8}{'hist':>8}{'sharp':>8}"
-    lines = [f"{ev.tiles} {ev.split} tiles at {EVAL_SIZE}×{EVAL_SIZE}, model rendered with overlap "
-             f"{ev.overlap} (baselines fitted on {ev.train_tiles} training tiles)", head]
+    lines = [f"{ev.tiles} {ev.split} tiles (split by {ev.split_by}) at {EVAL_SIZE}×{EVAL_SIZE}, model rendered "
+             f"with overlap {ev.overlap} (baselines fitted on {ev.train_tiles} training tiles)", head]
     labels = {"model": "model", "palette_lookup": "palette lookup", "mean_colour": "mean colour"}
     for name, s in ev.scores.items():
         lines.append(f"{labels.get(name, name):16}{s.l1:8.3f}{s.psnr:8.2f}{s.ssim:8.3f}"

@@ -31,14 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import ddp
 from .checkpoints import load_checkpoint, save_checkpoint
-from .data import Jitter, JitteredPairs, PairSource, fixed_pairs, split_names, to_uint8
+from .data import Jitter, JitteredPairs, PairSource, fixed_pairs, to_uint8
 from .devices import autocast, autocast_dtype, resolve_device
 from .errors import CheckpointError, OptionError
 from .heap import kept_heap
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from .regions import split_by
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,15 @@ class TrainConfig:
     l1_weight: float = 100.0  # λ in the paper
     load_size: tuple[int, int] = (286, 286)  # jitter: resize to a size in this range
     crop_size: int = 256
-    flip: bool = True
-    val_fraction: float = 0.1  # held out by file-name hash (see data.split_names)
+    #: "mirror": the paper's random left-right mirror; "dihedral": also up-down mirrors and
+    #: 90° turns (8 orientations; sun shadows then fall in any direction); "none"
+    augment: str = "mirror"
+    val_fraction: float = 0.1
+    split_by: str = "region"  # "region": whole neighbourhoods held out (regions.py); "hash": file names
+    #: decay of the exponential moving average of the generator's weights that checkpoints
+    #: ship and validation scores (0: the raw weights); GAN generators average out the
+    #: step-to-step oscillation of adversarial training this way
+    ema: float = 0.0
     seed: int = 0
     checkpoint_every: int = 1000  # steps
     checkpoint_minutes: float = 5.0  # and at least this often in wall time
@@ -99,20 +108,25 @@ class Trainer:
             raise OptionError(f"batch size {config.batch_size} must be at least 1")
         if not 0 <= config.val_fraction < 1:
             raise OptionError(f"--val-fraction {config.val_fraction} must be in [0, 1)")
+        if not 0 <= config.ema < 1:
+            raise OptionError(f"--ema {config.ema} must be in [0, 1), e.g. 0.999 (0 turns it off)")
         self.config = config
         self.out = Path(out_dir)
         #: the torchrun job this trainer is part of (None: a single process)
         self.dist = ddp.from_env()
         self.device = ddp.setup(self.dist, device) if self.dist else resolve_device(device)
         self.source = source
-        train_idx, val_idx = split_names(source.names, config.val_fraction)
+        train_idx, val_idx = split_by(source, config.split_by, config.val_fraction)
         self.train_idx, self.val_idx = train_idx, val_idx
         self.data = JitteredPairs(source, ddp.shard(train_idx, self.dist),
-                                  Jitter(config.load_size, config.crop_size, config.flip),
+                                  Jitter(config.load_size, config.crop_size, config.augment),
                                   seed=ddp.rank_seed(config.seed, self.dist))
         torch.manual_seed(config.seed)
         self.G = Generator(generator_config or GeneratorConfig()).to(self.device)
         self.D = Discriminator(discriminator_config or DiscriminatorConfig()).to(self.device)
+        #: the generator that checkpoints ship and validation scores: the EMA of G, or G
+        self.G_ema = (AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+                      if config.ema else None)
         betas = (config.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas, fused=self._fused_adam)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas, fused=self._fused_adam)
@@ -129,6 +143,11 @@ class Trainer:
         if self.dist is not None:
             self.g_step, self.d_step = ddp.wrap(self.G, self.device), ddp.wrap(self.D, self.device)
             torch.manual_seed(ddp.rank_seed(config.seed, self.dist))  # dropout differs per rank
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The generator that checkpoints ship and validation scores."""
+        return self.G if self.G_ema is None else self.G_ema.module
 
     @property
     def main(self) -> bool:
@@ -189,6 +208,8 @@ class Trainer:
             self.D.requires_grad_(True)
         self.scaler.step(self.opt_g)
         self.scaler.update()
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(self.G)
         self.state.step += 1
         return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_g_l1": loss_l1.item()}
 
@@ -213,6 +234,9 @@ class Trainer:
             "data_rng": self.data.rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(asdict(self.config)),
+            # The checkpoint's generator is the EMA: the raw weights continue training.
+            **({"generator_raw": self.G.state_dict(), "ema_updates": int(self.G_ema.n_averaged)}
+               if self.G_ema is not None else {}),
         }
 
     def provenance_now(self) -> dict:
@@ -226,7 +250,8 @@ class Trainer:
             wall_seconds=round(self.state.wall_seconds, 1),
             recipe=json.dumps({k: v for k, v in asdict(self.config).items()
                                if k in ("batch_size", "lr", "beta1", "l1_weight", "load_size",
-                                        "crop_size", "flip", "steps", "decay_steps", "seed")}),
+                                        "crop_size", "augment", "ema", "split_by", "steps",
+                                        "decay_steps", "seed")}),
             train_tiles=len(self.train_idx),
             val_tiles=len(self.val_idx),
             val_fraction=self.config.val_fraction,
@@ -237,7 +262,7 @@ class Trainer:
         if not self.main:
             return  # rank 0 writes; every rank holds the same weights
         save_checkpoint(
-            path, self.G, discriminator=self.D,
+            path, self.shipped, discriminator=self.D,
             ground_resolution=self.config.ground_resolution,
             provenance=self.provenance_now(),
             training=self.training_state() if full else None,
@@ -250,7 +275,14 @@ class Trainer:
                 f"--resume {str(path)!r}: its generator is {ckpt.generator_config} but this run "
                 f"builds {self.G.config}: pass the same --width/--norm or start a new run"
             )
-        self.G.load_state_dict(ckpt.build_generator().state_dict())
+        shipped = ckpt.build_generator().state_dict()
+        t = ckpt.training
+        raw = t.get("generator_raw") if t is not None else None
+        self.G.load_state_dict(raw if raw is not None else shipped)
+        if self.G_ema is not None:
+            # A run without EMA before: the average starts from the weights trained so far.
+            self.G_ema.module.load_state_dict(shipped)
+            self.G_ema.n_averaged.fill_(int(t.get("ema_updates", 1)) if t is not None else 1)
         d = ckpt.build_discriminator()
         if d is None or d.config != self.D.config:
             raise CheckpointError(
@@ -258,7 +290,6 @@ class Trainer:
                 "resume from a checkpoint written by geo-pix2pix train"
             )
         self.D.load_state_dict(d.state_dict())
-        t = ckpt.training
         if t is None:  # a slim checkpoint (e.g. the shipped default model): weights only
             log.warning("%s holds no optimiser state: Adam restarts from zero moments", path)
             self.state.step = int(ckpt.provenance.get("steps", 0))
@@ -289,9 +320,9 @@ class Trainer:
             return {}
         from .metrics import sharpness
 
-        self.G.eval()
+        G = self.shipped.eval()
         maps, reals = fixed_pairs(self.source, self.val_idx[: self.config.val_tiles], self.config.crop_size)
-        fakes = torch.cat([self.G(maps[i : i + 8].to(self.device)).float().cpu()
+        fakes = torch.cat([G(maps[i : i + 8].to(self.device)).float().cpu()
                            for i in range(0, len(maps), 8)])
         l1 = ((fakes - reals).abs().mean() / 2).item()  # on a 0–1 scale
         sharp = sharpness(fakes) / max(sharpness(reals), 1e-8)
@@ -303,8 +334,7 @@ class Trainer:
 
         idx = self.val_idx[:n] or self.train_idx[:n]
         maps, reals = fixed_pairs(self.source, idx, self.config.crop_size)
-        self.G.eval()
-        fakes = self.G(maps.to(self.device)).float().cpu()
+        fakes = self.shipped.eval()(maps.to(self.device)).float().cpu()
         rows = [np.concatenate([to_uint8(m), to_uint8(f), to_uint8(r)], axis=1)
                 for m, f, r in zip(maps, fakes, reals, strict=True)]
         path = self.out / "samples" / f"step{self.state.step:07d}.png"

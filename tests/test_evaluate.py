@@ -16,7 +16,8 @@ from geo_pix2pix import metrics, render
 from geo_pix2pix.baselines import MeanColour, PaletteLookup
 from geo_pix2pix.checkpoints import save_checkpoint
 from geo_pix2pix.cli import main
-from geo_pix2pix.data import SideBySideFolder, TwoFolders, split_names
+from geo_pix2pix.data import SideBySideFolder, TwoFolders
+from geo_pix2pix.regions import split_by
 from geo_pix2pix.evaluate import EVAL_SIZE, evaluate, format_table, render_tiles
 from geo_pix2pix.networks import Generator
 
@@ -129,9 +130,11 @@ def test_palette_lookup_learns_the_colour_table_and_beats_the_mean_colour():
 
 def test_baselines_in_evaluate_are_fitted_on_the_training_split(pair_folder):
     source = SideBySideFolder(pair_folder(n=24), direction="BtoA")
-    train, val = split_names(source.names, 0.25)
-    ev = evaluate(source, torch.nn.Identity(), split="val", val_fraction=0.25, overlap=0, grid_tiles=0)
-    assert (ev.tiles, ev.train_tiles) == (len(val), len(train)) and val
+    for by in ("region", "hash"):
+        train, val = split_by(source, by, 0.25)
+        ev = evaluate(source, torch.nn.Identity(), split="val", val_fraction=0.25, split_by=by, overlap=0,
+                      grid_tiles=0)
+        assert (ev.tiles, ev.train_tiles, ev.split_by) == (len(val), len(train), by) and val
     s = ev.scores
     assert s["palette_lookup"].l1 < s["mean_colour"].l1
     assert s["palette_lookup"].ssim > s["mean_colour"].ssim
@@ -189,9 +192,9 @@ def test_cli_evaluate_writes_json_and_grid(pair_folder, tmp_path, weights):
     for name in ("model", "palette lookup", "mean colour", "SSIM", "sharp"):
         assert name in result.output
     record = json.loads(out_json.read_text())
-    _, val = split_names(SideBySideFolder(folder).names, 0.3)
+    _, val = split_by(SideBySideFolder(folder), "region", 0.3)
     assert record["tiles"] == len(val) >= 3
-    assert record["split"] == "val" and record["image_size"] == 256 and record["overlap"] == 64
+    assert record["split"] == "val" and record["split_by"] == "region" and record["image_size"] == 256 and record["overlap"] == 64
     assert record["model"]["steps"] == 7 and record["model"]["weights"] == str(weights)
     assert set(record["scores"]) == {"model", "palette_lookup", "mean_colour"}
     for scores in record["scores"].values():
