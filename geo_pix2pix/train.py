@@ -34,7 +34,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import ddp
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Jitter, JitteredPairs, PairSource, fixed_pairs, to_uint8
 from .devices import autocast, autocast_dtype, resolve_device
 from .errors import CheckpointError, OptionError
@@ -46,7 +46,24 @@ log = logging.getLogger(__name__)
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 
-__all__ = ["TrainConfig", "Trainer", "train"]
+__all__ = ["PRESETS", "TrainConfig", "Trainer", "checkpoint_recipe", "train"]
+
+#: ``geo-pix2pix train --preset NAME``: whole recipes, in the CLI's option names; any
+#: option given on the command line overrides its preset value.
+PRESETS: dict[str, dict] = {
+    # The shipped default model's recipe (docs/model-card.md): batch 4, base widths 24/32,
+    # 13,000 steps with the last 6,000 decaying; a few hours on a 2-core CPU.
+    "default": dict(width=24, d_width=32, norm="instance", batch_size=4, load_size="256-300",
+                    steps=13_000, decay_steps=6_000, ground_resolution=2.12),
+    # The paper's maps recipe: 200 epochs of the 1,096 training tiles at batch 1, the
+    # learning rate decaying over the last 100 (days on a CPU: a GPU job).
+    "paper": dict(width=64, d_width=64, norm="batch", batch_size=1, load_size="286",
+                  steps=219_200, decay_steps=109_600, augment="mirror", ema=0.0),
+}
+
+# The CLI options a checkpoint's recipe holds, by their TrainConfig field.
+_RECIPE_FIELDS = ("steps", "decay_steps", "batch_size", "lr", "l1_weight", "augment", "ema",
+                  "val_fraction", "split_by", "seed", "checkpoint_every", "amp")
 
 
 @dataclass
@@ -259,10 +276,12 @@ class Trainer:
         return p
 
     def save(self, path: Path, *, full: bool = True) -> None:
+        """``full``: everything a resumed run needs (last.pt); else the generator alone, which
+        is all that render needs (model.pt), so no weights are stored twice."""
         if not self.main:
             return  # rank 0 writes; every rank holds the same weights
         save_checkpoint(
-            path, self.shipped, discriminator=self.D,
+            path, self.shipped, discriminator=self.D if full else None,
             ground_resolution=self.config.ground_resolution,
             provenance=self.provenance_now(),
             training=self.training_state() if full else None,
@@ -287,7 +306,7 @@ class Trainer:
         if d is None or d.config != self.D.config:
             raise CheckpointError(
                 f"--resume {str(path)!r} has no discriminator matching {self.D.config}: "
-                "resume from a checkpoint written by geo-pix2pix train"
+                "resume from the run's last.pt (model.pt holds the generator alone)"
             )
         self.D.load_state_dict(d.state_dict())
         if t is None:  # a slim checkpoint (e.g. the shipped default model): weights only
@@ -385,6 +404,8 @@ class Trainer:
                     if progress is not None:
                         progress(s, rec)
                     running, t_log, step_log = {}, time.monotonic(), s
+                elif progress is not None:  # every step, so that a progress bar moves from the first
+                    progress(s, losses)
                 if self.main and c.sample_every and s % c.sample_every == 0:
                     self.save_samples()
                 if (s % c.checkpoint_every == 0
@@ -400,6 +421,25 @@ class Trainer:
         if self.dist is not None:
             ddp.barrier()  # the other ranks end when rank 0's checkpoints are written
         return final
+
+
+def checkpoint_recipe(ckpt: Checkpoint) -> dict:
+    """The recipe a checkpoint was trained with, in the CLI's option names (what
+    ``--resume`` continues unless told otherwise)."""
+    cfg = json.loads((ckpt.training or {}).get("config") or ckpt.provenance.get("recipe") or "{}")
+    # Runs written before these options existed mirrored (or not) and split by file name.
+    cfg.setdefault("augment", "mirror" if cfg.get("flip", True) else "none")
+    cfg.setdefault("split_by", "hash")
+    recipe = {k: cfg[k] for k in _RECIPE_FIELDS if k in cfg}
+    if "load_size" in cfg:
+        lo, hi = cfg["load_size"]
+        recipe["load_size"] = str(lo) if lo == hi else f"{lo}-{hi}"
+    recipe.update(width=ckpt.generator_config.base_width, norm=ckpt.generator_config.norm)
+    if ckpt.discriminator_config is not None:
+        recipe["d_width"] = ckpt.discriminator_config.base_width
+    if ckpt.ground_resolution is not None:
+        recipe["ground_resolution"] = ckpt.ground_resolution
+    return recipe
 
 
 def train(source: PairSource, out_dir: str | Path, config: TrainConfig | None = None, *,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,65 @@ def test_ema_must_be_below_one(tmp_path):
     with pytest.raises(OptionError, match="--ema 1.0 must be in"):
         Trainer(source, tmp_path, TrainConfig(ema=1.0, val_fraction=0.0),
                 GeneratorConfig(base_width=4), DiscriminatorConfig(base_width=4), "cpu")
+
+
+# -- the CLI's recipe: presets, and --resume continuing the run's own ----------------------
+def _pairs_folder(folder, n=4):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(n):
+        m = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        Image.fromarray(np.concatenate([m // 2, m], axis=1)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_resume_continues_the_runs_recipe_and_says_what_it_overrides(tmp_path):
+    from click.testing import CliRunner
+
+    from geo_pix2pix.cli import main
+    from geo_pix2pix.train import checkpoint_recipe
+
+    data, out = _pairs_folder(tmp_path / "d"), tmp_path / "run"
+    common = ["train", str(data), str(out), "--device", "cpu", "--no-amp"]
+    first = CliRunner().invoke(main, [*common, "--width", "4", "--d-width", "4", "--batch-size", "2", "--steps", "2",
+                                      "--load-size", "256", "--augment", "dihedral", "--val-fraction", "0"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, [*common, "--steps", "3", "--resume", str(out / "last.pt")])
+    assert again.exit_code == 0, again.output
+    assert "overriding --steps 3 (was 2)" in again.output
+    recipe = checkpoint_recipe(load_checkpoint(out / "last.pt"))
+    assert (recipe["width"], recipe["d_width"], recipe["batch_size"], recipe["augment"], recipe["steps"],
+            recipe["load_size"], recipe["val_fraction"]) == (4, 4, 2, "dihedral", 3, "256", 0.0)
+    slim = load_checkpoint(out / "model.pt")
+    assert slim.discriminator_state is None and slim.training is None  # the generator alone
+
+
+@pytest.mark.slow
+def test_preset_sets_the_recipe_and_options_override_it(tmp_path):
+    from click.testing import CliRunner
+
+    from geo_pix2pix.cli import main
+
+    data, out = _pairs_folder(tmp_path / "d"), tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", str(data), str(out), "--preset", "default", "--width", "4",
+                                    "--d-width", "4", "--steps", "1", "--decay-steps", "0", "--batch-size", "1",
+                                    "--device", "cpu", "--no-amp", "--val-fraction", "0"])
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(out / "last.pt")
+    cfg = json.loads(ckpt.training["config"])
+    assert cfg["load_size"] == [256, 300] and ckpt.ground_resolution == 2.12  # from the preset
+    assert ckpt.generator_config.base_width == 4 and cfg["steps"] == 1  # given: they win
+
+
+def test_progress_is_reported_every_step(tmp_path):
+    source = Maps([flat(ROAD)] * 2)
+    seen = []
+    t = Trainer(source, tmp_path, TrainConfig(steps=3, log_every=50, batch_size=1, load_size=(256, 256),
+                                              val_fraction=0.0, sample_every=0, val_every=0, amp=False),
+                GeneratorConfig(base_width=4, norm="instance"), DiscriminatorConfig(base_width=4, norm="instance"),
+                "cpu")
+    t.fit(lambda step, rec: seen.append((step, "loss_g_l1" in rec)))
+    assert seen == [(1, True), (2, True), (3, True)]
