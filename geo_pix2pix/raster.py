@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -44,7 +45,9 @@ from .tiling import clip_window, pad_reflect
 __all__ = [
     "MapRaster",
     "atomic_output",
+    "ground_pixel_size",
     "ground_resolution",
+    "is_gdal_name",
     "open_map_raster",
     "open_output",
     "output_errors",
@@ -131,8 +134,12 @@ class MapRaster:
             raise self._read_error(first, first + n, exc) from None
 
     def _read_error(self, r0: int, r1: int, exc: BaseException) -> InputRasterError:
+        reason = _first_line(exc)
+        if _is_missing(reason):  # a VRT's or a virtual path's source went missing after the check
+            return InputRasterError(f"input {self.path!r} could not be read at rows {r0}–{r1} ({reason}): a "
+                                    "file it reads is missing; restore it or fix the path that names it")
         return InputRasterError(
-            f"input {self.path!r} could not be read at rows {r0}–{r1} ({_first_line(exc)}): "
+            f"input {self.path!r} could not be read at rows {r0}–{r1} ({reason}): "
             "the file is truncated or corrupt; re-export or re-download it"
         )
 
@@ -177,22 +184,42 @@ def _describe(ds) -> str:
     return f"{ds.count} band(s) of {ds.dtypes[0]}"
 
 
+#: Names GDAL opens that are not paths on the disk: virtual file systems (/vsizip/,
+#: /vsicurl/…), URLs rasterio hands to them, and driver-prefixed names (NETCDF:f.nc:var).
+GDAL_NAME_RE = re.compile(r"^(/vsi[a-z0-9_]+/|[a-z][a-z0-9+.-]*://|[A-Z][A-Z0-9_]+:)", re.IGNORECASE)
+
+
+def is_gdal_name(path: str) -> bool:
+    """Whether ``path`` names something only GDAL can find (:data:`GDAL_NAME_RE`)."""
+    return bool(GDAL_NAME_RE.match(path)) and not os.path.exists(path)
+
+
 def open_map_raster(path: str | os.PathLike, bands: str | Sequence[int] | None = None) -> MapRaster:
-    """Open ``path`` for rendering; raise :class:`InputRasterError` with a fix if unusable."""
+    """Open ``path`` for rendering; raise :class:`InputRasterError` with a fix if unusable.
+
+    ``path`` may be anything GDAL opens: a file, or a GDAL virtual path such as
+    ``/vsizip/maps.zip/map.tif`` or ``/vsicurl/https://…/map.tif`` (checked through GDAL).
+    """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputRasterError(f"input {path!r} does not exist: check the path")
-    if os.path.isdir(path):
-        raise InputRasterError(f"input {path!r} is a directory: give a raster file (GeoTIFF, PNG, JPEG…)")
-    if os.path.getsize(path) == 0:
-        raise InputRasterError(f"input {path!r} is an empty file (0 bytes): it is not a raster")
+    virtual = is_gdal_name(path)
+    if not virtual:
+        if not os.path.exists(path):
+            raise InputRasterError(f"input {path!r} does not exist: check the path")
+        if os.path.isdir(path):
+            raise InputRasterError(f"input {path!r} is a directory: give a raster file (GeoTIFF, PNG, JPEG…)")
+        if os.path.getsize(path) == 0:
+            raise InputRasterError(f"input {path!r} is an empty file (0 bytes): it is not a raster")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RioNotGeoreferencedWarning)
         try:
             ds = rasterio.open(path)
         except RasterioIOError as exc:
+            reason = _first_line(exc)
+            if virtual and _is_missing(reason):
+                raise InputRasterError(f"input {path!r} does not exist ({reason}): check the path; GDAL "
+                                       "virtual paths look like /vsizip/maps.zip/map.tif") from None
             raise InputRasterError(
-                f"input {path!r} is not a raster GDAL can read ({_first_line(exc)}): "
+                f"input {path!r} is not a raster GDAL can read ({reason}): "
                 "give a GeoTIFF, PNG or JPEG"
             ) from None
     try:
@@ -204,6 +231,10 @@ def open_map_raster(path: str | os.PathLike, bands: str | Sequence[int] | None =
 
 #: rasterio's wrappers that only point at the GDAL error below them.
 _GENERIC = ("See previous exception", "Read failed", "Write failed")
+
+
+def _is_missing(reason: str) -> bool:
+    return any(w in reason for w in ("No such file or directory", "does not exist", "HTTP response code: 404"))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -229,14 +260,23 @@ def _validate(ds, path: str, bands: tuple[int, ...] | None, not_georef_warned: b
             f"input {path!r} has a rotated or sheared geotransform ({t.b:g}, {t.d:g} in the "
             "rotation terms): warp it north-up first, e.g. gdalwarp in.tif north_up.tif"
         )
+    _check_sources(ds, path)
     georef = ds.crs is not None and not t.is_identity
     if not georef:
-        what = "no georeference" if t.is_identity else "a transform but no CRS"
-        warnings.warn(
-            f"input {path!r} has {what}: rendering on its pixel grid, without resampling to "
-            "the model's ground resolution; the output has no CRS either",
-            NotGeoreferencedWarning, stacklevel=3,
-        )
+        gcps, gcp_crs = ds.gcps
+        if gcps and t.is_identity:
+            crs = f"in {gcp_crs.to_string()}" if gcp_crs else "without a CRS"
+            message = (f"input {path!r} is georeferenced by {len(gcps)} ground control points {crs}, not a "
+                       "geotransform: rendering on its pixel grid, without resampling to the model's ground "
+                       "resolution; the output carries the same GCPs (warp the input first, e.g. gdalwarp "
+                       "in.tif north_up.tif, to render at the model's resolution)")
+        elif t.is_identity:
+            message = (f"input {path!r} has no georeference: rendering on its pixel grid, without resampling "
+                       "to the model's ground resolution; the output has no georeference either")
+        else:
+            message = (f"input {path!r} has a transform but no CRS: rendering on its pixel grid, without "
+                       "resampling to the model's ground resolution; the output has no CRS either")
+        warnings.warn(message, NotGeoreferencedWarning, stacklevel=3)
     if bands is not None:
         bad = [b for b in bands if b > ds.count]
         if bad:
@@ -268,6 +308,16 @@ def _validate(ds, path: str, bands: tuple[int, ...] | None, not_georef_warned: b
         MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in bands
     )
     return MapRaster(ds, path, bands, lut, alpha, has_mask, georef)
+
+
+def _check_sources(ds, path: str) -> None:
+    """A VRT (or any dataset made of other files) whose source file is missing opens
+    fine and fails at the first read: say so before rendering, naming the file."""
+    for f in ds.files[1:]:
+        if not is_gdal_name(f) and not os.path.exists(f):
+            raise InputRasterError(
+                f"input {path!r} reads the file {f!r}, which does not exist: restore it, or fix its path in "
+                f"{os.path.basename(path)!r} (a path relative to a VRT needs relativeToVRT=\"1\")")
 
 
 #: Pixels read (at most, decimated) to describe the values of a raster that is refused.
@@ -325,6 +375,13 @@ def ground_resolution(crs, transform, width: int, height: int) -> float | None:
     right for geographic CRSs (degrees), Web Mercator (whose "metres" stretch by
     1/cos(latitude)) and projected CRSs alike.
     """
+    size = ground_pixel_size(crs, transform, width, height)
+    return None if size is None else (size[0] + size[1]) / 2
+
+
+def ground_pixel_size(crs, transform, width: int, height: int) -> tuple[float, float] | None:
+    """(x, y) metres on the ground of the raster's centre pixel, or None if unknown: a
+    pixel square in degrees is twice as tall as it is wide at 60° N."""
     if crs is None or transform.is_identity:
         return None
     from rasterio.warp import transform as warp_transform
@@ -342,8 +399,8 @@ def ground_resolution(crs, transform, width: int, height: int) -> float | None:
         a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
         return 2 * EARTH_RADIUS * math.asin(min(1.0, math.sqrt(a)))
 
-    res = (dist(0, 1) + dist(0, 2)) / 2
-    return res if res > 0 and math.isfinite(res) else None
+    gx, gy = dist(0, 1), dist(0, 2)
+    return (gx, gy) if gx > 0 and gy > 0 and math.isfinite(gx + gy) else None
 
 
 GTIFF_OPTIONS = {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
@@ -391,7 +448,7 @@ def output_profile(raster: MapRaster, *, width: int, height: int, transform, crs
     if compress.lower() == "jpeg":
         profile["photometric"] = "YCbCr" if count == 3 else "RGB"
     if count == 4:
-        profile["alpha"] = "unassociated"
+        profile["alpha"] = "YES"  # GDAL's GTiff name for unassociated (non-premultiplied) alpha
     return profile
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,11 +39,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from torch import nn
 
-from .errors import OptionError, OutputPathError
+from .errors import OptionError, OutputPathError, ResolutionWarning
 from .heap import kept_heap
 from .model import load_model, model_device
 from .outlock import OutputLock
 from .pipeline import TilePipeline
+from .provenance import output_tags
 from .raster import (
     COMPRESSIONS,
     DEFLATE_LEVEL,
@@ -53,7 +55,7 @@ from .raster import (
     atomic_output,
     check_output_path,
     compression_level,
-    ground_resolution,
+    ground_pixel_size,
     open_map_raster,
     open_output,
     output_errors,
@@ -82,6 +84,8 @@ OVERVIEW_CACHE_BYTES = 8 << 20
 #: resampled: a 5 % scale change is within the training jitter and resampling blurs.
 RESOLUTION_TOLERANCE = 0.05
 PLAIN_IMAGE_DRIVERS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+#: The largest width and height each plain-image format stores (libwebp's and libjpeg's limits).
+PLAIN_IMAGE_MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
 GTIFF_SUFFIXES = (".tif", ".tiff", ".gtiff")
 
 ProgressCallback = Callable[[int, int], None]
@@ -201,15 +205,20 @@ def render(
         stack.enter_context(_gdal_defaults(**gdal_defaults))
         stack.enter_context(kept_heap())  # batches reuse memory instead of faulting in fresh pages
         raster = stack.enter_context(open_map_raster(src, bands))
-        in_res = ground_resolution(raster.dataset.crs, raster.dataset.transform,
-                                   raster.width, raster.height) if raster.georeferenced else None
+        ds = raster.dataset
+        pixel = ground_pixel_size(ds.crs, ds.transform, ds.width, ds.height) if raster.georeferenced else None
+        in_res = None if pixel is None else (pixel[0] + pixel[1]) / 2
         model_res = getattr(model, "ground_resolution", None)
-        grid_raster, resampled, factor = raster, False, None
-        if in_res and model_res and abs(in_res / model_res - 1) > RESOLUTION_TOLERANCE:
-            factor = in_res / model_res
+        factor = _grid_factors(os.fspath(src), pixel, model_res)
+        resampled = factor is not None
+        grid_shape = model_grid_shape(ds.width, ds.height, factor) if resampled else (ds.width, ds.height)
+        out_shape = grid_shape if model_grid else (ds.width, ds.height)
+        _check_fits(dst, kind, raster, out_shape, grid_shape, factor, in_res, model_res)
+        grid_raster = raster
+        if resampled:
             grid_raster = stack.enter_context(_on_model_grid(raster, factor))
-            resampled = True
             log.info("resampling %s from %.3g to %.3g m/px for the model", src, in_res, model_res)
+        tags = output_tags(ds.tags(), model)
 
         final_tmp = stack.enter_context(atomic_output(dst))
         stack.enter_context(output_errors(dst))  # disk full, file too large… → one-line error
@@ -222,10 +231,10 @@ def render(
         lossless = RENDER_COMPRESSION if compress == "jpeg" else compress
         warped_back = resampled and not model_grid
         rendered = _render_to_gtiff(grid_raster, gtiff_tmp, model, tile_size, overlap, batch_size, progress,
-                                    compress if kind == "GTiff" and not warped_back else lossless, pipe)
+                                    compress if kind == "GTiff" and not warped_back else lossless, pipe, tags)
         if warped_back:
             back_tmp = stack.enter_context(scratch_path(dst, "back"))
-            _warp_back(gtiff_tmp, raster, back_tmp, compress if kind == "GTiff" else lossless)
+            _warp_back(gtiff_tmp, raster, back_tmp, compress if kind == "GTiff" else lossless, tags)
             result_tmp = back_tmp
         else:
             result_tmp = gtiff_tmp
@@ -242,24 +251,95 @@ def render(
     return RenderResult(dst, width, height, len(grid), rendered[1], resampled, in_res, model_res)
 
 
+def _grid_factors(src: str, pixel: tuple[float, float] | None,
+                  model_res: float | None) -> tuple[float, float] | None:
+    """(x, y) scale from the input's grid to the model's, or None to render the input's.
+
+    Pixels that are not square on the ground (degrees far from the equator) are made
+    square when the model has a resolution; without one nothing is resampled, and the
+    user is told what that means.
+    """
+    if pixel is None:
+        return None
+    gx, gy = pixel
+    in_res = (gx + gy) / 2
+    square = abs(gx / gy - 1) <= RESOLUTION_TOLERANCE
+    shape = f"{gx:.3g} × {gy:.3g} m"
+    if not model_res:
+        stretch = "" if square else (f"; its pixels are {shape} on the ground, so the model sees the map "
+                                     f"stretched {max(gx, gy) / min(gx, gy):.2g}× along one axis")
+        warnings.warn(f"the model has no ground resolution, so {src!r} is rendered at its own {in_res:.3g} m/px "
+                      f"without resampling{stretch}: right only for a model trained at that scale; use a "
+                      "checkpoint that records its resolution (train --ground-resolution; the default model does)",
+                      ResolutionWarning, stacklevel=3)
+        return None
+    if not square:
+        warnings.warn(f"input {src!r} has pixels of {shape} on the ground (not square, as degrees are away "
+                      f"from the equator): resampled to square {model_res:.3g} m pixels for the model",
+                      ResolutionWarning, stacklevel=3)
+        return gx / model_res, gy / model_res
+    if abs(in_res / model_res - 1) > RESOLUTION_TOLERANCE:
+        return in_res / model_res, in_res / model_res
+    return None
+
+
+def model_grid_shape(width: int, height: int, factor: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) of the input resampled by ``factor`` (x, y) onto the model's grid."""
+    return max(1, round(width * factor[0])), max(1, round(height * factor[1]))
+
+
+def _check_fits(dst: Path, kind: str, raster: MapRaster, out_shape: tuple[int, int], grid_shape: tuple[int, int],
+                factor, in_res: float | None, model_res: float | None) -> None:
+    """Refuse, before any work, an output its format cannot hold or its disk cannot."""
+    w, h = out_shape
+    limit = PLAIN_IMAGE_MAX_SIDE.get(kind)
+    if limit is not None and max(w, h) > limit:
+        raise OutputPathError(f"output {str(dst)!r}: {kind} images are at most {limit} × {limit} pixels and "
+                              f"this one is {w} × {h}: write .tif (GeoTIFF) or .png instead, or a smaller area")
+    if kind == "JPEG" and raster.alpha_band is not None:
+        raise OutputPathError(f"{dst.name}: JPEG has no alpha; the input has transparency: "
+                              "write .png or .tif instead")
+    # Every file on the way: the model-grid image, the result on the input's grid, the copy
+    # to PNG/JPEG. Aerial imagery compresses to well over half its raw 3 bytes a pixel.
+    pixels = grid_shape[0] * grid_shape[1]
+    if factor is not None and out_shape != grid_shape:
+        pixels += w * h
+    if kind != "GTiff":
+        pixels += w * h
+    need = 3 * pixels // 2
+    try:
+        free = shutil.disk_usage(dst.parent if str(dst.parent) else ".").free
+    except OSError:
+        return
+    if need <= free:
+        return
+    gib = f"{need / 2**30:.3g} GiB, more than the {free / 2**30:.3g} GiB free in {str(dst.parent)!r}"
+    if factor is not None and max(factor) > 1:
+        raise OutputPathError(
+            f"the model's ground resolution ({model_res:.3g} m/px) is {max(factor):.3g}× finer than the input's "
+            f"({in_res:.3g} m/px), so the input would be resampled to {grid_shape[0]} × {grid_shape[1]} pixels: "
+            f"at least {gib}; check the model's ground resolution, or render a smaller area")
+    raise OutputPathError(f"output {str(dst)!r} ({w} × {h} pixels) needs at least {gib}: free some space, "
+                          "write elsewhere, or render a smaller area")
+
+
 class _on_model_grid:
     """Context manager: a MapRaster reading the input through a WarpedVRT whose pixel
-    size is the model's ground resolution (same CRS and extent)."""
+    size is the model's ground resolution (same CRS and extent); ``factor``: (x, y) scale."""
 
-    def __init__(self, raster: MapRaster, factor: float) -> None:
+    def __init__(self, raster: MapRaster, factor: tuple[float, float]) -> None:
         self.raster, self.factor = raster, factor
 
     def __enter__(self) -> MapRaster:
         r = self.raster
         ds = r.dataset
-        width = max(1, round(ds.width * self.factor))
-        height = max(1, round(ds.height * self.factor))
+        width, height = model_grid_shape(ds.width, ds.height, self.factor)
         transform = ds.transform @ Affine.scale(ds.width / width, ds.height / height)
         # Colour tables hold indices: interpolating them would invent colours.
         if r.lut is not None:
             resampling = Resampling.nearest
         else:
-            resampling = Resampling.cubic if self.factor > 1 else Resampling.average
+            resampling = Resampling.cubic if min(self.factor) > 1 else Resampling.average
         self.vrt = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width, height=height,
                              resampling=resampling)
         return MapRaster(self.vrt, r.path, r.bands, r.lut, r.alpha_band, r.has_mask, r.georeferenced)
@@ -269,7 +349,8 @@ class _on_model_grid:
 
 
 def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size: int, overlap: int,
-                     batch_size: int, progress: ProgressCallback | None, compress: str, pipe=None):
+                     batch_size: int, progress: ProgressCallback | None, compress: str, pipe=None,
+                     tags: dict | None = None):
     """Render ``raster`` into the GeoTIFF ``path`` on its own grid; ``pipe``: rows from
     elsewhere (a cluster, :class:`render_cluster.ClusterRowPipeline`) instead of a local
     :class:`TilePipeline`."""
@@ -284,7 +365,12 @@ def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size:
     if pipe is None:
         pipe = TilePipeline(raster, model, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                             progress=progress)
+    gcps, gcp_crs = ds.gcps
     with open_output(path, profile) as out:
+        if gcps and ds.transform.is_identity:
+            out.gcps = (gcps, gcp_crs)  # the output is on the input's pixel grid: the same GCPs apply
+        if tags:
+            out.update_tags(**tags)
         writer = _BlockRowWriter(out, raster, background=background)
         try:
             for first, rows in pipe:
@@ -388,7 +474,7 @@ def _write_rows(out, first: int, rgb: np.ndarray, valid: np.ndarray | None) -> N
     out.write(rgb, window=win)
 
 
-def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: str) -> None:
+def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: str, tags: dict | None = None) -> None:
     """Resample the model-grid result onto the input's own grid, strip by strip."""
     src = raster.dataset
     profile = output_profile(raster, width=src.width, height=src.height, transform=src.transform,
@@ -398,6 +484,8 @@ def _warp_back(model_grid_path: Path, raster: MapRaster, path: Path, compress: s
         rendered, crs=src.crs, transform=src.transform, width=src.width, height=src.height,
         resampling=Resampling.cubic,
     ) as vrt, open_output(path, profile) as out:
+        if tags:
+            out.update_tags(**tags)
         step = 512
         for y in range(0, src.height, step):
             n = min(step, src.height - y)
@@ -452,14 +540,20 @@ def _copy_as(src_path: Path, dst_path: Path, driver: str, compress: str) -> None
             options["predictor"] = "YES"  # as the GeoTIFF output: 58.9 → 53.8 MB at 4096² (deflate)
     elif driver == "JPEG":
         options = {"quality": 90}
+    elif driver == "PNG":
+        options = {"WRITE_METADATA_AS_TEXT": "YES"}  # attribution and provenance in the PNG itself
     verify_written(src_path)  # a block lost to a full disk would read back as zeros
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RioNotGeoreferencedWarning)
+        if driver == "JPEG":
+            # JPEG keeps no GDAL metadata, only EXIF, which GDAL writes from EXIF_* items.
+            with rasterio.open(src_path, "r+") as ds:
+                tags = ds.tags()
+                exif = {"EXIF_ImageDescription": tags.get("TIFFTAG_IMAGEDESCRIPTION"),
+                        "EXIF_Software": tags.get("TIFFTAG_SOFTWARE"), "EXIF_Copyright": tags.get("ATTRIBUTION")}
+                ds.update_tags(**{k: v for k, v in exif.items() if v})
         with rasterio.open(src_path) as ds:
-            if driver in ("JPEG",) and ds.count == 4:
-                raise OutputPathError(f"{dst_path.name}: JPEG has no alpha; the input has transparency: "
-                                      "write .png or .tif instead")
-            has_georef = ds.crs is not None
+            has_georef = ds.crs is not None or bool(ds.gcps[0]) or not ds.transform.is_identity
         rasterio.shutil.copy(src_path, dst_path, driver=driver, **options)
     if not has_georef:
         aux = Path(str(dst_path) + ".aux.xml")

@@ -29,6 +29,7 @@ from torch import nn
 
 from .cluster import connect, in_order
 from .model_spec import ModelSpec
+from .raster import is_gdal_name
 from .rowblend import RowMerger, RowResult, render_tile_rows
 from .tiling import TileGrid
 
@@ -47,7 +48,7 @@ class RasterSpec:
 
     path: str
     bands: str | tuple[int, ...] | None
-    factor: float | None  # model grid / input grid pixel ratio; None: read as it is
+    factor: tuple[float, float] | None  # model grid / input grid pixel ratio (x, y); None: read as it is
 
     @contextmanager
     def open(self):
@@ -141,5 +142,6 @@ class RemoteRender:
 
     def pipeline(self, src: str | os.PathLike, bands, factor: float | None, height: int, width: int,
                  **kwargs) -> ClusterRowPipeline:
-        spec = RasterSpec(os.path.abspath(os.fspath(src)), bands, factor)
+        path = os.fspath(src)
+        spec = RasterSpec(path if is_gdal_name(path) else os.path.abspath(path), bands, factor)
         return ClusterRowPipeline(self, spec, height, width, **kwargs)

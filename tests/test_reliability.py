@@ -51,7 +51,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def weights(tmp_path):
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "weights" / "tiny.pt", Generator(base_width=4, norm="instance"))
+    # At the test rasters' ground resolution (make_raster: about 1 m), so that nothing is
+    # resampled and no ResolutionWarning joins the one line a test expects.
+    return save_checkpoint(tmp_path / "weights" / "tiny.pt", Generator(base_width=4, norm="instance"),
+                           ground_resolution=1.0)
 
 
 # -- render: inputs it refuses ---------------------------------------------------------------
@@ -305,7 +308,7 @@ def test_disk_filling_up_leaves_the_destination_as_it_was(make_raster, tmp_path,
                                            (signal.SIGTERM, 143, "Terminated")])
 def test_signal_stops_render_promptly_and_keeps_the_previous_output(make_raster, tmp_path, sig, code, word):
     torch.manual_seed(0)
-    weights = save_checkpoint(tmp_path / "slow.pt", Generator(base_width=8, norm="instance"))
+    weights = save_checkpoint(tmp_path / "slow.pt", Generator(base_width=8, norm="instance"), ground_resolution=1.0)
     dst = tmp_path / "out.tif"
     subprocess.run(render_command(make_raster(300, 300, seed=1), dst, weights), check=True, env=ENV, cwd=ROOT,
                    capture_output=True)  # the previous output

@@ -72,7 +72,7 @@ def test_rgba_alpha_is_kept(make_raster, tmp_path, identity):
     data = rng.integers(0, 256, (4, 300, 280), dtype=np.uint8)
     data[3] = 255
     data[3, 100:150, :] = 0
-    src = make_raster(300, 280, count=4, data=data, photometric="RGB", alpha="unassociated")
+    src = make_raster(300, 280, count=4, data=data, photometric="RGB", alpha="YES")
     dst = tmp_path / "out.tif"
     render(src, dst, model=identity)
     with rasterio.open(dst) as b:

@@ -104,6 +104,7 @@ render(sys.argv[1], sys.argv[2], model=Held())
 """
 
 
+@pytest.mark.slow
 def test_two_processes_rendering_to_one_new_dst(make_raster, tmp_path):
     """The second of two concurrent renders to the same new DST is refused at once (exit 1);
     the first finishes and its output is the one at DST."""
