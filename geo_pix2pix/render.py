@@ -3,17 +3,23 @@
 The pipeline, each step in its own module:
 
 1. :mod:`raster` opens the input and checks it (bands, dtype, georeference);
-2. if the model knows its ground resolution and the input's differs, the input is
-   read through a ``WarpedVRT`` on a grid at the model's resolution (same CRS);
+2. if the model knows its ground resolution and the input's differs (or its pixels
+   are not square on the ground), the input is read through a ``WarpedVRT`` on a grid
+   at the model's resolution (same CRS; :mod:`model_grid`); what does not fit the
+   output's format or disk is refused here, before any work;
 3. :mod:`tiling` lays overlapping tiles over that grid; strips of rows are read
-   once, tiles cut from them, all-nodata tiles skipped;
-4. :mod:`model` runs batches of tiles; :mod:`mosaic` blends the outputs and hands
-   back finished rows, which are written at once (memory bounded by a strip);
+   once, tiles cut from them, all-nodata tiles skipped, nodata in the others filled
+   (:func:`pipeline.fill_nodata`);
+4. :mod:`model` runs batches of tiles (NaN refused, :func:`pipeline.run_tiles`);
+   :mod:`mosaic` blends the outputs and hands back finished rows, which are written at
+   once (memory bounded by a strip), with the map's attribution and what made the
+   image in the tags (:mod:`provenance`);
 5. the result is warped back onto the input's grid (unless ``model_grid=True``),
    given overviews, optionally made a COG or a PNG/JPEG, and renamed onto ``dst``.
 
 Everything is written to temporary files beside ``dst``; ``dst`` appears only when
-all of it succeeded (:func:`raster.atomic_output`).
+all of it succeeded (:func:`raster.atomic_output`), with its own side files in place of
+any old ones. One render at a time writes a given ``dst`` (:mod:`outlock`).
 """
 
 from __future__ import annotations
@@ -32,16 +38,16 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferencedWarning
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from torch import nn
 
-from .errors import OptionError, OutputPathError, ResolutionWarning
+from .errors import OptionError, OutputPathError
 from .heap import kept_heap
 from .model import load_model, model_device
+from .model_grid import RESOLUTION_TOLERANCE, grid_factors, model_grid_shape, on_model_grid
 from .outlock import OutputLock
 from .pipeline import TilePipeline
 from .provenance import output_tags
@@ -80,9 +86,6 @@ GDAL_CACHE_BYTES = 1 << 20
 #: blocks its cache cannot hold. At 4096²: 1 MB 0.46 s, 8 MB 0.26 s, 16 MB 0.20 s;
 #: 16 MB raised the 8192² render's peak memory by about 30 MB, 8 MB by about 20.
 OVERVIEW_CACHE_BYTES = 8 << 20
-#: Inputs within this relative difference of the model's ground resolution are not
-#: resampled: a 5 % scale change is within the training jitter and resampling blurs.
-RESOLUTION_TOLERANCE = 0.05
 PLAIN_IMAGE_DRIVERS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 #: The largest width and height each plain-image format stores (libwebp's and libjpeg's limits).
 PLAIN_IMAGE_MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
@@ -209,14 +212,14 @@ def render(
         pixel = ground_pixel_size(ds.crs, ds.transform, ds.width, ds.height) if raster.georeferenced else None
         in_res = None if pixel is None else (pixel[0] + pixel[1]) / 2
         model_res = getattr(model, "ground_resolution", None)
-        factor = _grid_factors(os.fspath(src), pixel, model_res)
+        factor = grid_factors(os.fspath(src), pixel, model_res)
         resampled = factor is not None
         grid_shape = model_grid_shape(ds.width, ds.height, factor) if resampled else (ds.width, ds.height)
         out_shape = grid_shape if model_grid else (ds.width, ds.height)
         _check_fits(dst, kind, raster, out_shape, grid_shape, factor, in_res, model_res)
         grid_raster = raster
         if resampled:
-            grid_raster = stack.enter_context(_on_model_grid(raster, factor))
+            grid_raster = stack.enter_context(on_model_grid(raster, factor))
             log.info("resampling %s from %.3g to %.3g m/px for the model", src, in_res, model_res)
         tags = output_tags(ds.tags(), model)
 
@@ -249,43 +252,6 @@ def render(
         width, height = out_raster.width, out_raster.height
     grid = rendered[0]
     return RenderResult(dst, width, height, len(grid), rendered[1], resampled, in_res, model_res)
-
-
-def _grid_factors(src: str, pixel: tuple[float, float] | None,
-                  model_res: float | None) -> tuple[float, float] | None:
-    """(x, y) scale from the input's grid to the model's, or None to render the input's.
-
-    Pixels that are not square on the ground (degrees far from the equator) are made
-    square when the model has a resolution; without one nothing is resampled, and the
-    user is told what that means.
-    """
-    if pixel is None:
-        return None
-    gx, gy = pixel
-    in_res = (gx + gy) / 2
-    square = abs(gx / gy - 1) <= RESOLUTION_TOLERANCE
-    shape = f"{gx:.3g} × {gy:.3g} m"
-    if not model_res:
-        stretch = "" if square else (f"; its pixels are {shape} on the ground, so the model sees the map "
-                                     f"stretched {max(gx, gy) / min(gx, gy):.2g}× along one axis")
-        warnings.warn(f"the model has no ground resolution, so {src!r} is rendered at its own {in_res:.3g} m/px "
-                      f"without resampling{stretch}: right only for a model trained at that scale; use a "
-                      "checkpoint that records its resolution (train --ground-resolution; the default model does)",
-                      ResolutionWarning, stacklevel=3)
-        return None
-    if not square:
-        warnings.warn(f"input {src!r} has pixels of {shape} on the ground (not square, as degrees are away "
-                      f"from the equator): resampled to square {model_res:.3g} m pixels for the model",
-                      ResolutionWarning, stacklevel=3)
-        return gx / model_res, gy / model_res
-    if abs(in_res / model_res - 1) > RESOLUTION_TOLERANCE:
-        return in_res / model_res, in_res / model_res
-    return None
-
-
-def model_grid_shape(width: int, height: int, factor: tuple[float, float]) -> tuple[int, int]:
-    """(width, height) of the input resampled by ``factor`` (x, y) onto the model's grid."""
-    return max(1, round(width * factor[0])), max(1, round(height * factor[1]))
 
 
 def _check_fits(dst: Path, kind: str, raster: MapRaster, out_shape: tuple[int, int], grid_shape: tuple[int, int],
@@ -321,31 +287,6 @@ def _check_fits(dst: Path, kind: str, raster: MapRaster, out_shape: tuple[int, i
             f"at least {gib}; check the model's ground resolution, or render a smaller area")
     raise OutputPathError(f"output {str(dst)!r} ({w} × {h} pixels) needs at least {gib}: free some space, "
                           "write elsewhere, or render a smaller area")
-
-
-class _on_model_grid:
-    """Context manager: a MapRaster reading the input through a WarpedVRT whose pixel
-    size is the model's ground resolution (same CRS and extent); ``factor``: (x, y) scale."""
-
-    def __init__(self, raster: MapRaster, factor: tuple[float, float]) -> None:
-        self.raster, self.factor = raster, factor
-
-    def __enter__(self) -> MapRaster:
-        r = self.raster
-        ds = r.dataset
-        width, height = model_grid_shape(ds.width, ds.height, self.factor)
-        transform = ds.transform @ Affine.scale(ds.width / width, ds.height / height)
-        # Colour tables hold indices: interpolating them would invent colours.
-        if r.lut is not None:
-            resampling = Resampling.nearest
-        else:
-            resampling = Resampling.cubic if min(self.factor) > 1 else Resampling.average
-        self.vrt = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width, height=height,
-                             resampling=resampling)
-        return MapRaster(self.vrt, r.path, r.bands, r.lut, r.alpha_band, r.has_mask, r.georeferenced)
-
-    def __exit__(self, *exc) -> None:
-        self.vrt.close()
 
 
 def _render_to_gtiff(raster: MapRaster, path: Path, model: nn.Module, tile_size: int, overlap: int,

@@ -54,14 +54,14 @@ class RasterSpec:
     def open(self):
         from .errors import NotGeoreferencedWarning
         from .raster import open_map_raster
-        from .render import _on_model_grid
+        from .model_grid import on_model_grid
 
         with ExitStack() as stack:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the client warned already
                 raster = stack.enter_context(open_map_raster(self.path, self.bands))
             if self.factor is not None:
-                raster = stack.enter_context(_on_model_grid(raster, self.factor))
+                raster = stack.enter_context(on_model_grid(raster, self.factor))
             yield raster
 
 
