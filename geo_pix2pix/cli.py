@@ -623,7 +623,27 @@ def osm_map(ctx, src, dst, bbox, resolution, overwrite):
 
 @main.group("qgis")
 def qgis_group() -> None:
-    """QGIS: install the plugin that adds geo-pix2pix to the Processing toolbox and qgis_process."""
+    """QGIS: the plugin that adds geo-pix2pix to the Processing toolbox and qgis_process."""
+
+
+@qgis_group.command("build-plugin")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="geo_pix2pix_plugin.zip",
+              show_default=True, help="The plugin zip to write.")
+@overwrite_opt
+@click.pass_context
+def qgis_build_plugin(ctx, output, overwrite):
+    """Build the plugin zip for QGIS's Plugins ▸ Install from ZIP (and the plugin repository).
+
+    The zip holds the plugin's sources only; on first use the plugin installs
+    geo-pix2pix (this version), PyTorch and rasterio into its own environment.
+    """
+    from .qgis.build import build_plugin
+
+    result = build_plugin(output, overwrite=overwrite)
+    if not ctx.meta.get("quiet"):
+        click.echo(f"wrote {result.path} (geo-pix2pix plugin {result.version}, {len(result.files)} files, "
+                   f"{result.size / 1e3:.0f} kB): in QGIS, Plugins ▸ Manage and Install Plugins ▸ Install from "
+                   "ZIP", err=True)
 
 
 @qgis_group.command("install-plugin")

@@ -28,7 +28,7 @@ __all__ = ["PLUGIN_NAME", "InstallResult", "default_profile_dir", "install_plugi
 
 #: The plugin's folder name under ``python/plugins`` (a Python package name: no dashes).
 PLUGIN_NAME = "geo_pix2pix_plugin"
-PLUGIN_FILES = ("metadata.txt", "__init__.py", "plugin.py", "icon.png")
+PLUGIN_FILES = ("metadata.txt", "__init__.py", "plugin.py", "deps.py", "pipenv.py", "dialog.py", "icon.png", "LICENSE")
 RECORD = "install.json"
 
 
