@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -30,35 +31,72 @@ if hasattr(signal, "SIGHUP"):  # not on Windows
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM or SIGHUP so that cleanup (temporary files) runs."""
+    """Raised in the main thread on SIGINT, SIGTERM or SIGHUP so that cleanup (temporary files) runs."""
 
     def __init__(self, signum: int = signal.SIGTERM) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
+#: signals received during this command: an interruption raised where Python drops
+#: exceptions (a garbage-collector callback, __del__) is raised again at the next progress update
+_received: list[int] = []
+
+
 def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    _received.append(signum)
     raise Interrupted(signum)
 
 
+def _check_interrupted() -> None:
+    if _received:
+        raise Interrupted(_received[0])
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP raise :class:`Interrupted`, SIGINT ``KeyboardInterrupt``: the
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (a ``KeyboardInterrupt``): the
     same cleanup runs for all three. Called before any heavy import (torch), so that a
     signal during start-up is a clean exit too."""
+    _received.clear()
     signal.signal(signal.SIGTERM, _on_signal)
     # nohup starts the program with SIGHUP ignored: keep it so.
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _on_signal)
     # A shell starts background jobs with SIGINT ignored, and Python then never raises
-    # KeyboardInterrupt: restore it, so `kill -INT` stops a render cleanly there too.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # KeyboardInterrupt: handle it anyway, so `kill -INT` stops a render cleanly there too.
+    signal.signal(signal.SIGINT, _on_signal)
+
+
+def _write_line(message: str) -> None:
+    """A line on stderr above the progress bar, not into it (tqdm.write clears and redraws it)."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    else:
+        click.echo(message, err=True)
 
 
 def _say(message: str) -> None:
     try:
-        click.echo(message, err=True)
+        _write_line(message)
     except OSError:  # a hung-up terminal fails writes (EIO): the exit code still tells
         pass
+
+
+class _LineHandler(logging.Handler):
+    """Log records as ``LEVEL: message`` lines, written above the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    """Other libraries' INFO and DEBUG lines (Dask logs dozens per local cluster) only with -vv."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] == "geo_pix2pix"
 
 
 class Group(click.Group):
@@ -85,16 +123,28 @@ class Group(click.Group):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
-    logging.getLogger("rasterio").setLevel(logging.WARNING)
-    # Warnings (not georeferenced, resampling…) are shown once, as one line.
+    root = logging.getLogger()
+    # As logging.basicConfig: a program that configured logging itself (pytest) keeps its own.
+    if not root.handlers or any(isinstance(h, _LineHandler) for h in root.handlers):
+        for h in [h for h in root.handlers if isinstance(h, _LineHandler)]:
+            root.removeHandler(h)
+        handler = _LineHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        if verbose < 2:
+            handler.addFilter(_ours_or_warning)
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    # Warnings (not georeferenced, resampling…) are shown once, as one line: rasterio's own
+    # "no geotransform" repeats geo-pix2pix's NotGeoreferencedWarning in other words.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
     warnings.showwarning = lambda msg, cat, *a, **k: _say(f"Warning: {msg}")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="geo-pix2pix")
-@click.option("-v", "--verbose", count=True, help="More log output; -v also shows tracebacks.")
+@click.option("-v", "--verbose", count=True,
+              help="-v: tracebacks of errors and geo-pix2pix's DEBUG lines; -vv: other libraries' log lines "
+                   "too (Dask, rasterio).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
@@ -116,6 +166,7 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
                dynamic_ncols=True)
 
     def update(done: int, total: int) -> None:
+        _check_interrupted()
         if bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
@@ -164,16 +215,31 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
     else:
         # Loaded (and checked) here; the workers get it pickled and build its engine themselves.
         model = load_model(weights, "cpu", precision=precision)
+    _log_model(weights, model, precision, f"the --scheduler workers' {device}" if scheduler else None)
     bar, update = _progress_bar(ctx, "render")
+    start = time.monotonic()
     with bar:
         result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size,
                            device=device if scheduler else None, client=scheduler,
                            overwrite=overwrite, progress=update, bands=bands, model_grid=model_grid,
                            cog=cog, compress=compress, overviews=overviews)
+    took = time.monotonic() - start
+    log.info("rendered %d tile(s) in %.1f s (%.2f tiles/s)", result.tiles_rendered, took,
+             result.tiles_rendered / max(took, 1e-9))
     note = " (resampled to the model's resolution)" if result.resampled else ""
     if not ctx.meta.get("quiet"):
         click.echo(f"wrote {result.path} ({result.width}×{result.height}, "
                    f"{result.tiles_rendered}/{result.tiles_total} tiles rendered{note})", err=True)
+
+
+def _log_model(weights: str | None, model, precision: str, device: str | None = None) -> None:
+    """INFO: which model runs, in what precision, where."""
+    from .model import default_model_path, model_device
+
+    name = weights or f"the default model ({default_model_path().name})"
+    identity = getattr(model, "identity", "")
+    where = device or str(model_device(model))
+    log.info("model %s%s, %s on %s", name, f" [{identity[:12]}]" if identity else "", precision, where)
 
 
 def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
@@ -202,6 +268,9 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="BtoA", show_default=True,
               help="side-by-side only: BtoA = right half is the map (the pix2pix maps dataset).")
 @click.option("--aerial", type=click.Path(), default=None, help="rasters layout: the aerial raster.")
+@click.option("--preset", type=click.Choice(["default", "paper"]), default=None,
+              help="A whole recipe: default = the shipped model's (hours on a CPU), paper = the paper's "
+                   "(days on a CPU); options given as well override it.")
 @click.option("--steps", type=count(), default=200_000, show_default=True, help="Total training steps.")
 @click.option("--decay-steps", type=count(0), default=0, show_default=True,
               help="Last N steps: learning rate decays linearly to zero.")
@@ -231,16 +300,14 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
 @click.option("--checkpoint-every", type=count(hint="the default is 1000 steps"), default=1000, show_default=True)
 @click.option("--seed", type=count(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="Continue from a checkpoint (weights, optimisers, step, RNG).")
+              help="Continue from a checkpoint (weights, optimisers, step, RNG) with its recipe; "
+                   "options given as well override it.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="Mixed precision: float16 on CUDA, bfloat16 on CPUs that have it in hardware "
                    "(AVX512-BF16, AMX; about 1.5× faster there). --no-amp: float32 throughout.")
 @device_opt
 @click.pass_context
-def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, batch_size, width, d_width,
-          norm, load_size, lr, l1_weight, augment, ema, val_fraction, split_by, ground_resolution,
-          checkpoint_every, seed,
-          resume, amp, device):
+def train(ctx, data, out_dir, layout, direction, aerial, preset, resume, device, **options):
     """Train a pix2pix model on paired map/aerial data; checkpoints go to OUT_DIR.
 
     Under torchrun (torchrun --nproc_per_node N -m geo_pix2pix train ...) it trains
@@ -255,6 +322,9 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
         # A new run would overwrite the checkpoints of the one already there.
         raise OutputExistsError(f"OUT_DIR {out_dir!r} holds another training run ({last}): pass --resume "
                                 f"{last} to continue it, or choose another OUT_DIR")
+    o = _train_recipe(ctx, preset, resume, options)
+    steps, decay_steps, batch_size, load_size = o["steps"], o["decay_steps"], o["batch_size"], o["load_size"]
+    width, d_width, norm, ground_resolution = o["width"], o["d_width"], o["norm"], o["ground_resolution"]
     try:
         lo, _, hi = load_size.partition("-")
         sizes = (int(lo), int(hi or lo))
@@ -270,10 +340,10 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
     source = _pair_source(layout, data, direction, aerial)
     if ground_resolution is None:
         ground_resolution = getattr(source, "ground_resolution", None)
-    cfg = TrainConfig(steps=steps, decay_steps=decay_steps, batch_size=batch_size, lr=lr,
-                      l1_weight=l1_weight, load_size=sizes, augment=augment, ema=ema,
-                      val_fraction=val_fraction, split_by=split_by, seed=seed,
-                      checkpoint_every=checkpoint_every, ground_resolution=ground_resolution, amp=amp)
+    cfg = TrainConfig(steps=steps, decay_steps=decay_steps, batch_size=batch_size, lr=o["lr"],
+                      l1_weight=o["l1_weight"], load_size=sizes, augment=o["augment"], ema=o["ema"],
+                      val_fraction=o["val_fraction"], split_by=o["split_by"], seed=o["seed"],
+                      checkpoint_every=o["checkpoint_every"], ground_resolution=ground_resolution, amp=o["amp"])
     trainer = Trainer(source, out_dir, cfg, gconf, dconf, device, provenance={"data": str(data), "layout": layout})
     from tqdm import tqdm
 
@@ -283,6 +353,7 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
         with tqdm(total=steps, initial=trainer.state.step, desc="train", unit="step",
                   disable=(ctx.meta.get("quiet") or not trainer.main) or None, dynamic_ncols=True) as bar:
             def progress(step: int, rec: dict) -> None:
+                _check_interrupted()
                 bar.update(step - bar.n)
                 bar.set_postfix(d=rec.get("loss_d"), g=rec.get("loss_g_gan"), l1=rec.get("loss_g_l1"),
                                 refresh=False)
@@ -297,6 +368,32 @@ def train(ctx, data, out_dir, layout, direction, aerial, steps, decay_steps, bat
         trainer.close()
     if trainer.main:
         click.echo(f"wrote {final} (step {trainer.state.step})", err=True)
+
+
+def _train_recipe(ctx: click.Context, preset: str | None, resume: str | None, options: dict) -> dict:
+    """The run's options: those given on the command line, then the resumed checkpoint's
+    recipe (or the preset), then the defaults. Says which of the checkpoint's it overrides."""
+    from click.core import ParameterSource
+
+    from .checkpoints import load_checkpoint
+    from .train import PRESETS, checkpoint_recipe
+
+    given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if resume:
+        base, origin = checkpoint_recipe(load_checkpoint(resume)), resume
+    else:
+        base, origin = PRESETS.get(preset, {}), f"--preset {preset}"
+    o = dict(options)
+    changed = []
+    for name, value in base.items():
+        if name not in given:
+            o[name] = value
+        elif value != o[name]:
+            changed.append(f"--{name.replace('_', '-')} {o[name]} (was {value})")
+    if resume and not ctx.meta.get("quiet"):
+        click.echo(f"continuing {origin}'s recipe" + (f", overriding {', '.join(changed)}" if changed else ""),
+                   err=True)
+    return o
 
 
 def _check_train_memory(gconf, dconf, batch_size: int, load_size: int, device: str) -> None:
@@ -431,9 +528,11 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by
               help="side-by-side only: BtoA = right half is the map.")
 @click.option("--tiles", "max_tiles", type=count(), default=1024, show_default=True,
               help="Map tiles to observe (spread evenly over DATA).")
+@click.option("--bands", type=str, default=None,
+              help="maps layout: bands of DATA to read as R,G,B (1-based), as render --bands.")
 @overwrite_opt
 @click.pass_context
-def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, overwrite):
+def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, bands, overwrite):
     """Calibrate WEIGHTS for --precision int8 on the map tiles in DATA.
 
     Runs the model on up to --tiles 256×256 map tiles, records the range of every
@@ -454,13 +553,16 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, overwr
         from .raster import map_tiles
 
         per_map = -(-max_tiles // len(data))  # each map's share, read evenly spread over it
-        tiles = [t for path in data for t in map_tiles(path, limit=per_map)]
+        tiles = [t for path in data for t in map_tiles(path, bands=bands, limit=per_map)]
     else:
         from .data import split_names
         from .evaluate import resize
 
         if len(data) != 1:
             raise OptionError(f"--layout {layout} takes one DATA folder, not {len(data)}")
+        if bands:
+            raise OptionError(f"--bands applies to --layout maps; --layout {layout} reads the map halves "
+                              "of RGB training tiles: drop --bands")
         source = _pair_source(layout, data[0], direction, None)
         train_idx, _ = split_names(source.names, 0.1)
         pick = np.linspace(0, len(train_idx) - 1, min(max_tiles, len(train_idx))).round().astype(int)

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from .errors import MissingDependencyError, OptionError
@@ -82,9 +83,13 @@ def connect(scheduler) -> Iterator[Any]:
     kind, value = parse_scheduler(scheduler)
     distributed = _distributed()
     if kind == "local":
-        with kept_environ(), distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                                      host="127.0.0.1", dashboard_address=None) as cluster, \
-                distributed.Client(cluster) as client:
+        with ExitStack() as stack:
+            stack.enter_context(kept_environ())
+            with held_signals():
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=value, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None))
+                client = stack.enter_context(distributed.Client(cluster))
             log.info("started a local Dask cluster of %d workers at %s", value, cluster.scheduler_address)
             yield client
         return
@@ -96,6 +101,61 @@ def connect(scheduler) -> Iterator[Any]:
     with client:
         log.info("connected to the Dask scheduler at %s (%d workers)", value, len(client.nthreads()))
         yield client
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while a ``LocalCluster`` starts, and deliver them once
+    it has: a cluster interrupted half-started cannot be closed (Dask's exit handler then
+    fails with a traceback, and its worker processes are left to be reaped). A second
+    signal is delivered at once. Signals the process ignores stay ignored.
+
+    In the foreground of a terminal, SIGINT is ignored instead while the workers start: a
+    Ctrl-C there reaches every process of the job, and worker processes started while it
+    is ignored keep ignoring it (Python leaves an inherited SIG_IGN alone), so the client
+    alone acts on a Ctrl-C, closing the cluster, and the workers print no tracebacks.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    kept = {s: signal.getsignal(s) for s in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    kept = {s: h for s, h in kept.items() if h is not signal.SIG_IGN and h is not None}
+    pending: list[int] = []
+
+    def restore() -> None:
+        for s, h in kept.items():
+            signal.signal(s, h)
+
+    def hold(signum, frame) -> None:
+        if pending:  # asked twice: now
+            restore()
+            signal.raise_signal(signum)
+        pending.append(signum)
+        log.warning("stopping once the local Dask cluster has started (a second signal stops at once)")
+
+    for s in kept:
+        signal.signal(s, hold)
+    if signal.SIGINT in kept and _in_terminal_foreground():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        log.info("starting the local Dask cluster: Ctrl-C takes effect once it has started")
+    try:
+        yield
+    finally:
+        restore()
+    if pending:
+        signal.raise_signal(pending[0])  # the handler the process had runs now
+
+
+def _in_terminal_foreground() -> bool:
+    """True when this process is in the foreground job of its terminal (Ctrl-C reaches it)."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
 
 
 @contextmanager

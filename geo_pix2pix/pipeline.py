@@ -182,6 +182,14 @@ class TilePipeline:
             self.rendered += len(pending)
             pending.clear()
 
+        reported = -1
+
+        def report(done: int) -> None:
+            nonlocal reported
+            if self.progress is not None and done != reported:  # each count once
+                reported = done
+                self.progress(done, len(grid))
+
         ncols = grid.shape[1]
         for r in range(grid.shape[0]):
             for chip, tile in strip_tiles(self.reader, grid, r):
@@ -191,13 +199,11 @@ class TilePipeline:
             if not pending:
                 yield from finished(r)
                 blended_row = max(blended_row, r)
-            if self.progress is not None:
-                self.progress((r + 1) * ncols - len(pending), len(grid))
+            report((r + 1) * ncols - len(pending))
         if pending:
             yield from run()
         yield from finished(grid.shape[0] - 1)
-        if self.progress is not None:
-            self.progress(len(grid), len(grid))
+        report(len(grid))
 
 
 def render_array(rgb: np.ndarray, model: nn.Module, valid: np.ndarray | None = None, *,

@@ -115,3 +115,20 @@ def test_version_and_help():
     assert "geo-pix2pix" in run("--version").output
     out = run("render", "--help").output
     assert "--overlap" in out and "--cog" in out
+
+
+def test_calibrate_takes_the_bands_its_message_asks_for(make_raster, tmp_path, weights):
+    """A 5-band map: the error asks for --bands, which calibrate accepts (as render does)."""
+    src = make_raster(300, 300, count=5)
+    out = tmp_path / "calibrated.pt"
+    result = CliRunner().invoke(main, ["calibrate", str(src), "-w", str(weights), "-o", str(out), "--tiles", "2"])
+    assert result.exit_code == 1 and "choose the red, green and blue bands with --bands R,G,B" in result.output
+    assert not out.exists()
+    result = run("-q", "calibrate", src, "-w", weights, "-o", out, "--tiles", "2", "--bands", "3,2,1")
+    assert result.exit_code == 0, result.output
+    from geo_pix2pix.checkpoints import load_checkpoint
+
+    assert load_checkpoint(out).int8["tiles"] == 2
+    result = CliRunner().invoke(main, ["calibrate", str(tmp_path), "--layout", "folders", "-w", str(weights),
+                                       "-o", str(tmp_path / "x.pt"), "--bands", "1,2,3"])
+    assert result.exit_code == 1 and "--bands applies to --layout maps" in result.output

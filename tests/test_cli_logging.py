@@ -1,0 +1,108 @@
+"""What the command line prints besides errors: log lines above the progress bar, the
+render's model and speed, one warning per cause, and progress counts without repeats."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clihelpers import cli
+from PIL import Image
+
+from geo_pix2pix import render
+from geo_pix2pix.checkpoints import save_checkpoint
+from geo_pix2pix.networks import Generator
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "w" / "tiny.pt", Generator(base_width=4, norm="instance"),
+                           ground_resolution=2.12)
+
+
+def test_render_logs_model_precision_device_and_speed(make_raster, tmp_path, weights, caplog):
+    caplog.set_level(logging.INFO, logger="geo_pix2pix")
+    src = make_raster(300, 300, crs="EPSG:32635", res=2.12)  # on the model's grid: 2 × 2 tiles
+    result = cli("render", src, tmp_path / "out.tif", "-w", weights, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = [r.getMessage() for r in caplog.records if r.name == "geo_pix2pix"]
+    assert f"model {weights} [" in lines[0] and lines[0].endswith("], fp32 on cpu")
+    assert [s for s in lines if s.startswith("rendered 4 tile(s) in ") and s.endswith(" tiles/s)")]
+
+
+@pytest.mark.slow
+def test_log_lines_do_not_run_into_the_progress_bar(make_raster, tmp_path, weights):
+    """At a terminal the bar is drawn; an INFO line logged meanwhile starts a line of its own."""
+    src = make_raster(600, 600, res=1.0)  # resampled to the model's 2.12 m/px: an INFO line mid-render
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "geo_pix2pix", "render", str(src), str(tmp_path / "out.tif"),
+                             "-w", str(weights), "--device", "cpu"], env=ENV, cwd=ROOT,
+                            stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the process has closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=120)
+    os.close(controller)
+    text = b"".join(chunks).decode()
+    assert proc.returncode == 0, text
+    assert "render:" in text and "%|" in text  # the bar was drawn
+    logged = [line for line in text.replace("\r\n", "\n").split("\n") if "INFO: resampling" in line]
+    assert logged and all(line.split("\r")[-1].startswith("INFO: resampling") for line in logged), logged
+
+
+def test_plain_png_warns_once(tmp_path, weights):
+    """rasterio's own 'no geotransform' warning repeats geo-pix2pix's: only the latter is shown."""
+    src = tmp_path / "plain.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(src)
+    for dst in ("out.tif", "out.png"):
+        p = subprocess.run([sys.executable, "-m", "geo_pix2pix", "render", str(src), str(tmp_path / dst), "-w",
+                            str(weights), "--device", "cpu"], env=ENV, cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        warned = [s for s in p.stderr.splitlines() if s.startswith("Warning:")]
+        assert len(warned) == 1 and "has no georeference" in warned[0], p.stderr
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_progress_counts_are_reported_once_each(make_raster, tmp_path, weights, batch_size):
+    calls = []
+    render(make_raster(700, 900), tmp_path / f"out{batch_size}.tif", model=weights, batch_size=batch_size,
+           progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    total = calls[-1][1]
+    assert done == sorted(set(done)), calls  # strictly increasing: no value twice
+    assert done[-1] == total and {t for _, t in calls} == {total}
+
+
+def test_help_is_quick_to_start():
+    """--help imports neither torch nor rasterio (a generous bound: the machine is shared)."""
+    start = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "geo_pix2pix", "--help"], env=ENV, cwd=ROOT, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "render" in p.stdout
+    code = ("import sys; from geo_pix2pix.cli import main; main(['render', '--help'], standalone_mode=False); "
+            "assert not {'torch', 'rasterio'} & set(sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, capture_output=True).returncode == 0
+    assert time.monotonic() - start < 30
