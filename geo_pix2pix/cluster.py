@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import uuid
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -85,7 +86,10 @@ def connect(scheduler) -> Iterator[Any]:
     if kind == "local":
         with ExitStack() as stack:
             stack.enter_context(kept_environ())
-            with held_signals():
+            with held_signals(), warnings.catch_warnings():
+                # Its HTTP server (health checks; no dashboard) takes another port when 8787 is
+                # busy, as it is for a second local cluster, and says so in a 3-line warning.
+                warnings.filterwarnings("ignore", message="Port .* is already in use")
                 cluster = stack.enter_context(distributed.LocalCluster(
                     n_workers=value, threads_per_worker=1, processes=True, host="127.0.0.1",
                     dashboard_address=None))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -71,7 +72,15 @@ def assert_clean(text: str, tmp_path: Path, left: list) -> None:
 
 def test_dask_logs_only_with_vv(make_raster, tmp_path):
     src = make_raster(300, 300)
-    quiet = subprocess.run(command(src, tmp_path / "a.tif"), env=ENV, cwd=ROOT, capture_output=True, text=True)
+    busy = socket.socket()
+    try:  # as for a second local cluster: Dask's HTTP server moves to another port, and no longer says so
+        busy.bind(("127.0.0.1", 8787))
+        busy.listen()
+    except OSError:
+        pass  # in use already
+    with busy:
+        quiet = subprocess.run(command(src, tmp_path / "a.tif"), env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert "Port 8787" not in quiet.stderr
     assert quiet.returncode == 0, quiet.stderr
     ours = ("INFO: model ", "INFO: started a local Dask cluster", "INFO: resampling ", "INFO: rendered ")
     assert [s for s in quiet.stderr.splitlines() if s.startswith("INFO:") and not s.startswith(ours)] == []
