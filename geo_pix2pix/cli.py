@@ -17,8 +17,17 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_options import (Number, batch_opt, count, device_opt, overlap_opt, overwrite_opt, precision_opt,
-                          scheduler_opt, weights_opt)
+from .cli_options import (
+    Number,
+    batch_opt,
+    count,
+    device_opt,
+    overlap_opt,
+    overwrite_opt,
+    precision_opt,
+    scheduler_opt,
+    weights_opt,
+)
 from .errors import GeoPix2PixError
 
 log = logging.getLogger("geo_pix2pix")
@@ -473,15 +482,20 @@ def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG grid: map | palette baseline | model | real, one tile a row.")
 @click.option("--grid-tiles", type=count(), default=8, show_default=True, help="Rows of the --grid image.")
+@click.option("--no-structure", is_flag=True,
+              help="Skip the structure score (its judge trains for minutes the first time on a split; "
+                   "it is then cached in ~/.cache/geo-pix2pix/judges).")
 @overwrite_opt
 @click.pass_context
 def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by, limit, weights, device, precision,
-             overlap, json_path, grid_path, grid_tiles, overwrite):
+             overlap, json_path, grid_path, grid_tiles, no_structure, overwrite):
     """Score a model on paired tiles in DATA against real aerials and two baselines.
 
     Prints L1, PSNR, SSIM, colour-histogram distance and sharpness ratio for the model,
     a palette-lookup baseline and a mean-colour baseline (both fitted on the training
-    split).
+    split), and the structure score: how much of the map's roads, water and green a
+    segmenter trained on the training split's real aerials finds in the outputs,
+    relative to the real aerials (1 = as much as a photo).
     """
     import json
 
@@ -497,7 +511,8 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by
     with bar:
         result = evaluate_fn(source, model, split=split, val_fraction=val_fraction, split_by=split_by, limit=limit,
                              overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-                             grid_tiles=grid_tiles if grid_file else 0, progress=update)
+                             grid_tiles=grid_tiles if grid_file else 0, structure=not no_structure,
+                             progress=update)
     click.echo(format_table(result))
     if json_file is not None:
         record = result.to_dict()
