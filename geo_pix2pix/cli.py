@@ -654,10 +654,12 @@ def export_onnx(ctx, dst, weights, overwrite):
               help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced, once the new "
                    "one is complete).")
 @scheduler_opt
+@click.option("--webviewer", is_flag=True,
+              help="XYZ DEST: also write index.html, a map page of the tiles that works offline (Leaflet inside).")
 @click.pass_context
 def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
           force, no_model, bands, name, attribution, url_base, max_tiles, weights, device, precision, overwrite,
-          scheduler):
+          scheduler, webviewer):
     """Make or update an XYZ tile cache DEST of synthetic aerial imagery from map tiles SOURCE.
 
     SOURCE: an XYZ folder ({z}/{x}/{y}.png), an .mbtiles file, a georeferenced raster in any
@@ -674,6 +676,9 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
         raise OptionError("--no-model copies the source's pixels: drop --weights, or drop --no-model")
     if scheduler and workers > 1:
         raise OptionError(f"--workers {workers} runs a local pool, --scheduler a Dask cluster: give one of them")
+    if webviewer and Path(dest).suffix.lower() in (".mbtiles", ".pmtiles"):
+        raise OptionError(f"--webviewer writes index.html into an XYZ folder DEST, and {dest!r} is a file: drop "
+                          "--webviewer, or use `geo-pix2pix serve` to view it")
     model = CopyModel() if no_model else weights
     if precision != "fp32" and not no_model:
         from .model import load_model
@@ -699,6 +704,13 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
         click.echo(f"failed {tile}: {reason}", err=True)
     if not ctx.meta.get("quiet"):
         click.echo(f"{result.dest}: {result.summary()}", err=True)
+    if webviewer:
+        from .serve.viewer import write_viewer
+
+        url = source if str(source).startswith(("http://", "https://")) else None
+        page = write_viewer(dest, map_url=url)
+        if not ctx.meta.get("quiet"):
+            click.echo(f"wrote {page}", err=True)
     if result.failed:
         ctx.exit(3)  # some tiles failed: the rest are written; a rerun retries them
 
@@ -783,6 +795,56 @@ def qgis_install_plugin(ctx, profile_dir, overwrite):
         verb = "updated" if result.replaced else "installed"
         click.echo(f"{verb} {result.path}\nenable it in QGIS (Plugins ▸ Manage and Install Plugins ▸ "
                    f"Installed) or with: qgis_process plugins enable {PLUGIN_NAME}", err=True)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--cache", type=click.Path(), default=None,
+              help="Where tiles are kept: a folder or an .mbtiles file, the same cache `tiles` makes and updates "
+                   "[default: a temporary folder, removed at exit].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", type=Number(int, 0, 65535, hint="0 picks a free port"), default=8000, show_default=True)
+@click.option("--zoom", "-z", default="12-18", show_default=True, help="Zooms served, e.g. 12-18.")
+@click.option("--bbox", default=None, help="Area served as W,S,E,N in degrees [default: SOURCE's extent].")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg", "webp"]), default="png", show_default=True)
+@click.option("--quality", type=count(1, 100, hint="the default is 85"), default=85, show_default=True,
+              help="JPEG/WebP quality.")
+@click.option("--buffer", type=Number(int, 0, hint="the default is 32"), default=32, show_default=True,
+              help="Pixels of rendered context around every tile border (as in `tiles`).")
+@click.option("--render-zoom", type=count(0, 24), default=None,
+              help="Run the model at this zoom [default: the zoom matching its ground resolution].")
+@click.option("--workers", "-j", type=count(), default=1, show_default=True,
+              help="Model runs at once (the CPU's cores are shared by one run; a GPU is one device queue).")
+@click.option("--queue", "queue_size", type=count(), default=32, show_default=True,
+              help="Metatiles waiting for the model before requests get 503 + Retry-After.")
+@click.option("--bands", type=str, default=None, help="Raster SOURCE: bands to read as R,G,B.")
+@weights_opt
+@device_opt
+@precision_opt
+@click.pass_context
+def serve(ctx, source, cache, host, port, zoom, bbox, fmt, quality, buffer, render_zoom, workers, queue_size, bands,
+          weights, device, precision):
+    """Serve synthetic aerial XYZ tiles of map SOURCE live, with a web viewer, until Ctrl-C.
+
+    SOURCE is anything `tiles` reads. Tiles are rendered on first request (the tiles of
+    one metatile together) and kept in --cache; a tile served is byte-identical to the
+    one `tiles SOURCE DEST` makes with the same options, and either command can fill the
+    cache for the other. Endpoints: /{z}/{x}/{y}.png, /map/{z}/{x}/{y}.png (SOURCE),
+    /tilejson.json, / (viewer), /healthz.
+    """
+    from .serve.server import serve as run_server
+    from .tiles import Area
+
+    model = weights
+    if precision != "fp32":
+        from .model import load_model
+
+        model = load_model(weights, None if device == "auto" else device, precision=precision)
+    ctx.meta["interrupted_note"] = ("stopped serving; every tile and manifest row written is whole, and a "
+                                    "restart serves the cache at once.")
+    run_server(source, cache, host=host, port=port, zooms=zoom, model=model, workers=workers, queue_size=queue_size,
+               area=Area.from_bbox(bbox) if bbox else None, fmt=fmt, quality=quality, buffer=buffer,
+               render_zoom=render_zoom, bands=bands, device=None if device == "auto" else device)
 
 
 if __name__ == "__main__":  # pragma: no cover
