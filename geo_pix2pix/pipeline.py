@@ -105,7 +105,7 @@ def strip_tiles(reader, grid: TileGrid, r: int) -> list[tuple[Chip, np.ndarray]]
 
 
 def run_tiles(model: nn.Module, tiles: np.ndarray, device=None) -> np.ndarray:
-    """:func:`model.run_batch`, refusing NaN outputs: the one place every path (render,
+    """:func:`model.run_batch`, refusing NaN (and infinite) outputs: the one place every path (render,
     its Dask tasks, tile metatiles, evaluation) runs the model on a batch of tiles.
 
     NaN would be written as black pixels, and a finished, wrong image looks like a
@@ -115,7 +115,7 @@ def run_tiles(model: nn.Module, tiles: np.ndarray, device=None) -> np.ndarray:
     bad = np.isnan(out).any(axis=(1, 2, 3))
     if bad.any():
         raise ModelOutputError(
-            f"the model returned NaN (not a number) for {int(bad.sum())} of {len(bad)} tiles of a batch: "
+            f"the model returned NaN or infinite values for {int(bad.sum())} of {len(bad)} tiles of a batch: "
             "its weights are broken (a training run that diverged, a damaged file) or it is not a "
             "map-to-aerial model: use another checkpoint, or omit --weights for the default model")
     return out

@@ -33,11 +33,19 @@ class NaNModel(torch.nn.Module):
         return x * float("nan")
 
 
-def test_nan_from_an_api_model_is_an_error_and_leaves_nothing(make_raster, tmp_path):
+class InfModel(torch.nn.Module):
+    """An API model whose outputs overflow (a float16 network past its range)."""
+
+    def forward(self, x):
+        return x / 0.0
+
+
+@pytest.mark.parametrize("model", [NaNModel(), InfModel()], ids=["nan", "inf"])
+def test_nan_from_an_api_model_is_an_error_and_leaves_nothing(make_raster, tmp_path, model):
     src = make_raster(300, 300)
     dst = tmp_path / "out.tif"
-    with pytest.raises(ModelOutputError, match=r"the model returned NaN .* for \d+ of \d+ tiles"):
-        render(src, dst, model=NaNModel())
+    with pytest.raises(ModelOutputError, match=r"the model returned NaN or infinite values for \d+ of \d+ tiles"):
+        render(src, dst, model=model)
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
