@@ -148,19 +148,12 @@ def _():
     return {"action": result.action, "seconds": time.monotonic() - t0, "log_unchanged": log.stat().st_size == size}
 
 
-def wait_for(task: QgsTask, limit: float = 1500) -> list:
-    """Run QGIS's event loop until ``task`` ends (as the desktop would); its progress values."""
-    seen = []
+def wait_for(task: QgsTask, limit: float = 1500) -> None:
+    """Run QGIS's event loop until the plugin's task has ended (as the desktop would)."""
     t0 = time.monotonic()
-    while task.status() not in (QgsTask.Complete, QgsTask.Terminated) and time.monotonic() - t0 < limit:
+    while plugin.task is not None and time.monotonic() - t0 < limit:  # the plugin clears it when done
         app.processEvents()
-        if not seen or seen[-1] != task.progress():
-            seen.append(task.progress())
         time.sleep(0.05)
-    for _ in range(50):  # finished() is delivered through the event loop
-        app.processEvents()
-        time.sleep(0.01)
-    return seen
 
 
 @check("broken_then_repair")
@@ -170,11 +163,14 @@ def _():
     victim.unlink()
     broken = deps.status()
     task = plugin.start_install(cpu=True, repair=True)  # the dialog's Repair
-    progress = wait_for(task)
+    running = task.status() in (QgsTask.Queued, QgsTask.OnHold, QgsTask.Running)
+    wait_for(task)
     after = deps.status()
     return {"broken": broken.state, "damaged": list(broken.damaged), "detail": broken.detail,
-            "task_status": int(task.status()), "task_error": str(task.error) if task.error else None,
-            "action": getattr(task.result, "action", None), "progress": progress, "after": after.state,
+            "task_was_running": running, "task_done": plugin.task is None,
+            "task_error": str(task.error) if task.error else None,
+            "action": getattr(task.result, "action", None), "progress": [p for p, _ in task.messages],
+            "after": after.state,
             "restored": victim.exists(), "provider_registered":
                 QgsApplication.processingRegistry().providerById("geopix2pix") is not None}
 

@@ -107,8 +107,9 @@ def _read_state(root: Path) -> dict:
         return {}
 
 
-def _distributions(site: Path) -> dict[str, dict]:
-    """``{normalised name: {"version", "dist_info", "missing"}}`` of the distributions in ``site``."""
+def _distributions(site: Path, files: bool = True) -> dict[str, dict]:
+    """``{normalised name: {"version", "dist_info", "missing"}}`` of the distributions in ``site``;
+    ``files``: look up every file their RECORD lists (else only that the RECORD is there)."""
     dists = {}
     for info in sorted(site.glob("*.dist-info")):
         name, _, rest = info.name[: -len(".dist-info")].partition("-")
@@ -117,7 +118,7 @@ def _distributions(site: Path) -> dict[str, dict]:
             rows = (info / "RECORD").read_text(encoding="utf-8").splitlines()
         except OSError:
             rows, missing = [], ["RECORD"]
-        for row in rows:
+        for row in rows if files else ():
             rel = row.rsplit(",", 2)[0].strip('"')
             if not rel or rel.endswith(".pyc") or "__pycache__" in rel:
                 continue  # byte-code is rebuilt on import
@@ -127,10 +128,11 @@ def _distributions(site: Path) -> dict[str, dict]:
     return dists
 
 
-def status(profile: os.PathLike | None = None) -> Status:
+def status(profile: os.PathLike | None = None, thorough: bool = True) -> Status:
     """Whether the plugin's environment is there, complete, intact and of this plugin's version.
 
-    Cheap (no import, no pip): each recorded distribution's files are looked up (not read).
+    No import, no pip: ``thorough`` looks up (does not read) every file of every
+    distribution; without it (QGIS's start-up) only the distributions are looked for.
     """
     root = environment_root(profile)
     venv = root / "venv"
@@ -145,7 +147,7 @@ def status(profile: os.PathLike | None = None) -> Status:
     site = pipenv.site_packages(venv)
     if not pipenv.venv_python(venv).exists() or site is None:
         return Status("broken", root, f"{venv} has lost its Python: Repair", ("python",), record)
-    dists = _distributions(site)
+    dists = _distributions(site, files=thorough)
     damaged = sorted({name for name in record.get("distributions", {}) if name not in dists}
                      | {name for name, d in dists.items() if d["missing"]})
     if damaged:
@@ -298,7 +300,7 @@ def activate(profile: os.PathLike | None = None) -> tuple[bool, str]:
     environment provides was already imported from elsewhere (an older copy stays
     loaded in this process).
     """
-    current = status(profile)
+    current = status(profile, thorough=False)
     if not current.ready:
         return False, current.detail
     site = pipenv.site_packages(current.root / "venv")

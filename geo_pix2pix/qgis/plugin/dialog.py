@@ -31,7 +31,7 @@ class InstallTask(QgsTask):
 
     def _progress(self, percent, message):
         self.setProgress(percent)
-        self.messages.append(message)
+        self.messages.append((percent, message))
 
     def run(self):
         try:

@@ -299,7 +299,7 @@ class Runner:
         proc.stdout.close()
         self.note(f"{what}: exit {proc.returncode}")
         if proc.returncode != 0:
-            last = next((ln for ln in reversed(lines) if ln.strip().startswith("ERROR")), lines[-1] if lines else "")
+            last = next((ln for ln in lines if ln.strip().startswith("ERROR")), lines[-1] if lines else "")
             raise DependencyError(f"{what} failed (exit {proc.returncode}: {last.strip()[:300]}); the full log is "
                                   f"{self.log_path}", self.log_path)
         self.progress(end, what)

@@ -90,6 +90,7 @@ class GeoPix2PixPlugin:
         self.error = None
         self.actions = []
         self.task = None  # the running InstallTask (kept: QGIS holds no Python reference)
+        self.cpu = True  # the torch build of the last install, for Retry and Repair
 
     # -- Processing ------------------------------------------------------------------------
 
@@ -136,8 +137,9 @@ class GeoPix2PixPlugin:
         """Install (or repair) in a background task; returns the task. The UI stays responsive."""
         from .dialog import InstallTask
 
-        if self.task is not None and self.task.status() not in (self.task.Complete, self.task.Terminated):
+        if self.task is not None:  # one install at a time; cleared when it ends
             return self.task
+        self.cpu = cpu
         self.task = InstallTask(cpu=cpu, repair=repair, on_done=self.install_finished)
         QgsApplication.taskManager().addTask(self.task)
         if self.iface is not None:
@@ -147,6 +149,7 @@ class GeoPix2PixPlugin:
 
     def install_finished(self, result, error):
         """Called on the main thread when the task ends: register the provider, or say what failed."""
+        self.task = None  # QGIS deletes the finished task's C++ object: only its Python side is left
         if error is None:
             usable, why = deps.activate()
             if usable and self.initProcessing():
@@ -168,7 +171,7 @@ class GeoPix2PixPlugin:
 
             for label, repair in (("Retry", False), ("Repair", True)):
                 button = QPushButton(label)
-                button.clicked.connect(lambda _=False, r=repair: self.start_install(cpu=self._last_cpu(), repair=r))
+                button.clicked.connect(lambda _=False, r=repair: self.start_install(cpu=self.cpu, repair=r))
                 item.layout().addWidget(button)
             if log_path:
                 from qgis.PyQt.QtCore import QUrl
@@ -178,9 +181,6 @@ class GeoPix2PixPlugin:
                 button.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_path))))
                 item.layout().addWidget(button)
         bar.pushWidget(item, level, 0 if level == Qgis.Critical else 10)
-
-    def _last_cpu(self):
-        return getattr(self.task, "cpu", True)
 
     def confirm_uninstall(self):
         from qgis.PyQt.QtWidgets import QMessageBox
