@@ -66,6 +66,8 @@ def viewer_config(*, name: str, bounds, minzoom: int, maxzoom: int, aerial_url: 
            "map": None}
     if map_url is not None:
         lo, hi = map_zooms or (minzoom, maxzoom)
+        if map_attribution and map_attribution in aerial_attribution:
+            map_attribution = None  # the aerial layer's names the map data already: once is enough
         cfg["map"] = {"url": map_url, "attribution": html.escape(map_attribution or ""), "minzoom": lo,
                       "maxzoom": hi}
     return cfg
