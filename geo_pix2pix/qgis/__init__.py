@@ -16,7 +16,7 @@ the plugin into a QGIS profile, ``geo-pix2pix qgis install-plugin``) needs no QG
 
 - :mod:`.provider` — the Processing provider (``geopix2pix``);
 - :mod:`.algorithms` — "Render aerial imagery from map" and "Regenerate XYZ tiles";
-- :mod:`.console` — :func:`render_layer`;
+- :mod:`.console` — :func:`render_layer`; :mod:`.live` — :func:`add_live_layer` (a live tile server's layer);
 - :mod:`.feedback` — progress, cancellation, logs and errors through ``QgsProcessingFeedback``;
 - :mod:`.layers` — which layers can be read, output paths and layers;
 - :mod:`.compat` — rasterio's GDAL and PROJ beside QGIS's in one process;
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["Canceled", "GeoPix2PixProvider", "RenderAlgorithm", "TilesAlgorithm", "install_plugin",
+__all__ = ["Canceled", "GeoPix2PixProvider", "RenderAlgorithm", "TilesAlgorithm", "add_live_layer", "install_plugin",
            "isolate_rasterio", "render_layer"]
 
 _WHERE = {
@@ -35,6 +35,7 @@ _WHERE = {
     "GeoPix2PixProvider": ".provider",
     "RenderAlgorithm": ".algorithms",
     "TilesAlgorithm": ".algorithms",
+    "add_live_layer": ".live",  # serve in the background, its aerial XYZ layer added
     "install_plugin": ".install",
     "isolate_rasterio": ".compat",
     "render_layer": ".console",

@@ -82,6 +82,12 @@ class LiveServer:
         return self.server.config.port
 
     @property
+    def running(self) -> bool:
+        """A background server that accepts connections and has not been asked to stop."""
+        return (self._thread is not None and self._thread.is_alive() and self.server.started
+                and not self.server.should_exit)
+
+    @property
     def url(self) -> str:
         host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
