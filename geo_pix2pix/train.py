@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,12 +36,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import ddp
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from .data import Jitter, JitteredPairs, PairSource, fixed_pairs, to_uint8
+from .data import AUGMENTS, Jitter, JitteredPairs, PairSource, fixed_pairs, to_uint8
 from .devices import autocast, autocast_dtype, resolve_device
 from .errors import CheckpointError, OptionError
 from .heap import kept_heap
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from .regions import split_by
+from .regions import SPLITS_BY, split_by
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,36 @@ class TrainConfig:
     #: the reference recipe's; docs/performance.md).
     amp: bool = True
 
+    def __post_init__(self) -> None:
+        """The same rules as the command line's, for Python callers (one line each)."""
+        def need(ok: bool, option: str, value, rule: str) -> None:
+            if not ok:
+                raise OptionError(f"{option} {value!r} must be {rule}")
+
+        finite = math.isfinite
+        need(self.steps >= 1, "--steps", self.steps, "at least 1")
+        need(0 <= self.decay_steps <= self.steps, "--decay-steps", self.decay_steps,
+             f"between 0 and --steps {self.steps}")
+        need(self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1 (the paper uses 1)")
+        need(finite(self.lr) and self.lr > 0, "--lr", self.lr, "a positive number (the paper uses 0.0002)")
+        need(finite(self.beta1) and 0 <= self.beta1 < 1, "beta1", self.beta1, "in [0, 1) (the paper uses 0.5)")
+        need(finite(self.l1_weight) and self.l1_weight >= 0, "--l1-weight", self.l1_weight,
+             "a number ≥ 0 (the paper uses 100)")
+        need(self.checkpoint_every >= 1, "--checkpoint-every", self.checkpoint_every, "at least 1 step")
+        need(self.log_every >= 1, "log_every", self.log_every, "at least 1 step")
+        need(self.val_every >= 0 and self.sample_every >= 0, "val_every/sample_every",
+             (self.val_every, self.sample_every), "0 (off) or more steps")
+        need(finite(self.val_fraction) and 0 <= self.val_fraction < 1, "--val-fraction", self.val_fraction,
+             "in [0, 1)")
+        need(finite(self.ema) and 0 <= self.ema < 1, "--ema", self.ema, "in [0, 1), e.g. 0.999 (0 turns it off)")
+        need(self.split_by in SPLITS_BY, "--split-by", self.split_by, f"one of {', '.join(SPLITS_BY)}")
+        need(self.augment in AUGMENTS, "--augment", self.augment, f"one of {', '.join(AUGMENTS)}")
+        lo, hi = self.load_size
+        need(lo <= hi, "--load-size", f"{lo}-{hi}", "N or LOW-HIGH with LOW ≤ HIGH, e.g. 286 or 256-300")
+        if lo < self.crop_size:  # the message JitteredPairs gives too
+            raise OptionError(f"--load-size {lo} is smaller than the {self.crop_size} px training crop: give at "
+                              f"least {self.crop_size} (the paper uses 286)")
+
 
 @dataclass
 class TrainState:
@@ -121,12 +152,6 @@ class Trainer:
         device: str | None = None,
         provenance: dict | None = None,
     ) -> None:
-        if config.batch_size < 1:
-            raise OptionError(f"batch size {config.batch_size} must be at least 1")
-        if not 0 <= config.val_fraction < 1:
-            raise OptionError(f"--val-fraction {config.val_fraction} must be in [0, 1)")
-        if not 0 <= config.ema < 1:
-            raise OptionError(f"--ema {config.ema} must be in [0, 1), e.g. 0.999 (0 turns it off)")
         self.config = config
         self.out = Path(out_dir)
         #: the torchrun job this trainer is part of (None: a single process)

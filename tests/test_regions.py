@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,19 @@ def test_progress_is_reported_every_step(tmp_path):
                 "cpu")
     t.fit(lambda step, rec: seen.append((step, "loss_g_l1" in rec)))
     assert seen == [(1, True), (2, True), (3, True)]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("checkpoint_every", 0, "--checkpoint-every 0 must be at least 1"),
+    ("lr", float("nan"), "--lr nan must be a positive number"),
+    ("steps", 0, "--steps 0 must be at least 1"),
+    ("decay_steps", 5, "--decay-steps 5 must be between 0 and --steps 4"),
+    ("batch_size", 0, "--batch-size 0 must be at least 1"),
+    ("l1_weight", float("inf"), "--l1-weight inf must be a number"),
+    ("split_by", "random", "--split-by 'random' must be one of region, hash"),
+    ("load_size", (300, 290), "--load-size '300-290' must be N or LOW-HIGH with LOW ≤ HIGH"),
+    ("load_size", (200, 300), "--load-size 200 is smaller than the 256 px training crop"),
+])
+def test_python_callers_get_the_command_lines_rules(field, value, words):
+    with pytest.raises(OptionError, match=re.escape(words)):
+        TrainConfig(**{"steps": 4, field: value})
