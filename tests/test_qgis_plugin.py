@@ -72,6 +72,15 @@ def test_build_plugin_refuses_to_overwrite(tmp_path):
     check_plugin_zip(out)
 
 
+def test_build_plugin_refuses_a_metadata_version_other_than_the_package(tmp_path, monkeypatch):
+    import geo_pix2pix.qgis.build as build
+
+    monkeypatch.setattr(build, "__version__", "9.9.9")
+    with pytest.raises(PluginCheckError, match=f"has version={geo_pix2pix.__version__} but geo-pix2pix is 9.9.9: set version=9.9.9"):
+        build_plugin(tmp_path / "p.zip")
+    assert not (tmp_path / "p.zip").exists()
+
+
 def _variant(change):
     files = dict(plugin_files())
     change(files)

@@ -72,7 +72,10 @@ def build_plugin(out: str | os.PathLike = "geo_pix2pix_plugin.zip", overwrite: b
         raise OutputExistsError(f"{str(out)!r} exists: pass --overwrite to replace it")
     files = plugin_files()
     data = _zip_bytes(files)
-    check_plugin_zip(io.BytesIO(data), size=len(data))
+    meta = check_plugin_zip(io.BytesIO(data), size=len(data))
+    if meta["version"] != __version__:  # the plugin installs geo-pix2pix==<its version>
+        raise PluginCheckError(f"plugin/metadata.txt has version={meta['version']} but geo-pix2pix is {__version__}: "
+                               f"set version={__version__} there")
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_bytes(data)
