@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def test_build_plugin_refuses_a_metadata_version_other_than_the_package(tmp_path
     import geo_pix2pix.qgis.build as build
 
     monkeypatch.setattr(build, "__version__", "9.9.9")
-    with pytest.raises(PluginCheckError, match=f"has version={geo_pix2pix.__version__} but geo-pix2pix is 9.9.9: set version=9.9.9"):
+    rule = f"has version={geo_pix2pix.__version__} but geo-pix2pix is 9.9.9: set version=9.9.9"
+    with pytest.raises(PluginCheckError, match=rule):
         build_plugin(tmp_path / "p.zip")
     assert not (tmp_path / "p.zip").exists()
 
@@ -231,6 +233,14 @@ def test_status_tells_ready_missing_incomplete_broken_outdated(tmp_path):
     assert deps.status(tmp_path).state == "missing"
 
 
+def test_a_bad_source_is_refused_before_a_ready_environment_is_touched(tmp_path, monkeypatch):
+    _fake_environment(tmp_path, deps.plugin_version())
+    monkeypatch.setenv("GEO_PIX2PIX_SOURCE", str(tmp_path / "missing.whl"))
+    with pytest.raises(deps.DependencyError, match="missing.whl' is not a file: name an existing geo-pix2pix wheel"):
+        deps.repair(cpu=True, profile=tmp_path)
+    assert deps.status(tmp_path).state == "ready"
+
+
 def test_second_install_of_a_ready_environment_runs_nothing(tmp_path, monkeypatch):
     _fake_environment(tmp_path, deps.plugin_version())
     monkeypatch.setattr(deps.subprocess, "Popen", None)  # any pip run would fail
@@ -275,7 +285,7 @@ def from_zip(tmp_path_factory):
     assert built.returncode == 0, built.stderr[-3000:]
     # geo-pix2pix from the wheel folder; the CPU build of torch that this machine's pip
     # finds offline, pinned as README's install command pins it (no index beyond pip's own)
-    torch_pin = next(w for w in (ROOT / "README.md").read_text().split() if w.startswith("torch=="))
+    torch_pin = re.search(r'torch==[^\s"`]+', (ROOT / "README.md").read_text()).group(0)
     env.update(GEO_PIX2PIX_SOURCE=str(wheels), GEO_PIX2PIX_TORCH=torch_pin, GEO_PIX2PIX_TORCH_INDEX="none")
     result = tmp / "result.json"
     proc = subprocess.run([QGIS_PYTHON, str(SCRIPT), str(zip_path), str(SAMPLE), str(tmp / "work"), str(result)],

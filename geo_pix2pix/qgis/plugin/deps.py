@@ -183,17 +183,16 @@ def install(cpu: bool | None = None, *, profile: os.PathLike | None = None, repa
         raise DependencyError("the CUDA build of torch was asked for, but nvidia-smi reports no GPU here: install "
                               "the CPU build (cpu=True)")
     variant = cuda[0] if cuda else "cpu"
+    version = plugin_version()
+    pkg = package_args(version, setting("source"))  # a bad source is refused before anything changes
+    python = base_python()
+    facts = probe(python)
+    numpy, why = numpy_constraint(facts)
     root.mkdir(parents=True, exist_ok=True)
     (root / "state.json").unlink(missing_ok=True)  # present only once everything below has worked
     runner = pipenv.Runner(root / "install.log", progress, is_canceled)
     action = "repair" if repair or current.state in ("incomplete", "broken") else "install"
-    runner.note(f"{action} for geo-pix2pix plugin {plugin_version()} in {venv} (was: {current.state}; "
-                f"{current.detail})")
-    version = plugin_version()
-    pkg = package_args(version, setting("source"))  # checked before anything is changed
-    python = base_python()
-    facts = probe(python)
-    numpy, why = numpy_constraint(facts)
+    runner.note(f"{action} for geo-pix2pix plugin {version} in {venv} (was: {current.state}; {current.detail})")
     runner.note(f"QGIS's Python {python}: {facts}; {why}")
     constraints = root / "constraints.txt"
     constraints.write_text(f"{numpy}\n" if numpy else "", encoding="utf-8")
