@@ -210,13 +210,9 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
     .png/.jpg for plain images.
     """
-    from .memory import check_memory, render_batch_bytes
     from .model import load_model
     from .render import render as render_fn
 
-    if batch_size is not None:  # the tiles of a batch and their outputs are held at once
-        check_memory(render_batch_bytes(batch_size, 256), f"--batch-size {batch_size}",
-                     "give a smaller --batch-size (the default is 8; 32 keeps a GPU busy)")
     if not scheduler:
         model = load_model(weights, device, precision=precision)
     elif precision == "fp32":

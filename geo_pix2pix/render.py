@@ -111,6 +111,11 @@ class RenderResult:
 def _check_options(tile_size: int, overlap: int, batch_size: int, model: nn.Module) -> None:
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size} must be at least 1")
+    from .memory import check_memory, render_batch_bytes
+
+    # The tiles of a batch and their outputs are held at once: refuse what cannot fit now.
+    check_memory(render_batch_bytes(batch_size, tile_size), f"--batch-size {batch_size}",
+                 "give a smaller --batch-size (the default is 8; 32 keeps a GPU busy)")
     multiple = getattr(model, "tile_multiple", 1)
     if tile_size < 1 or tile_size % multiple:
         raise OptionError(f"--tile-size {tile_size} must be a positive multiple of {multiple} "

@@ -172,3 +172,13 @@ def test_train_memory_estimate_grows_with_the_batch_and_the_widths():
     # the paper's networks: 57 M parameters, 16 bytes each, at the least
     assert need(64, 1) > 57e6 * 16
     assert np.isfinite(need(64, 1)) and torch.get_default_device().type == "cpu"
+
+
+def test_render_from_python_checks_the_batch_against_memory(make_raster, tmp_path, monkeypatch):
+    from geo_pix2pix import render
+    from geo_pix2pix.errors import OptionError
+
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 8 << 30)
+    with pytest.raises(OptionError, match="--batch-size 100000 needs at least 164.8 GiB of memory"):
+        render(make_raster(64, 64), tmp_path / "out.tif", batch_size=100_000)
+    assert not (tmp_path / "out.tif").exists()
