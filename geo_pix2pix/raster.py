@@ -20,7 +20,6 @@ import math
 import os
 import re
 import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ except ImportError:  # pragma: no cover - a private module; rasterio 1.3/1.4 hav
     CPLE_BaseError = RasterioError
 
 from .errors import InputRasterError, NotGeoreferencedWarning, OptionError, OutputExistsError, OutputPathError
+from .stale import sweep_stale, temp_path
 from .tiling import clip_window, pad_reflect
 
 __all__ = [
@@ -651,7 +651,7 @@ def _fsync(path: Path) -> None:
 def scratch_path(dst: str | os.PathLike, tag: str, suffix: str = ".tif"):
     """Yield a hidden temporary path beside ``dst``, always removed on exit."""
     dst = Path(dst)
-    tmp = dst.parent / f".{dst.name}.{tag}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    tmp = temp_path(dst, tag, suffix)  # named after this process: see stale.py
     try:
         yield tmp
     finally:
@@ -673,7 +673,8 @@ def atomic_output(dst: str | os.PathLike, suffix: str | None = None, check: bool
     """
     dst = Path(dst)
     suffix = suffix if suffix is not None else dst.suffix
-    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    sweep_stale(dst.parent, dst.name)  # temporaries of an earlier run killed with -9 or SIGHUP
+    tmp = temp_path(dst, None, suffix)
     try:
         yield tmp
         if check:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,12 @@ from ..errors import OptionError
 from .imaging import FORMATS
 from .tilemath import ChipGrid
 
-__all__ = ["CopyModel", "TileOptions", "TilesResult"]
+__all__ = ["CopyModel", "DEFAULT_MAX_TILES", "TileOptions", "TilesResult"]
+
+#: Tiles (every level) above which a run is refused unless --max-tiles says otherwise:
+#: 10⁸ tiles is a few TB of output and weeks of rendering on one GPU (a whole-world box
+#: at zoom 15 is 1.4·10⁹).
+DEFAULT_MAX_TILES = 100_000_000
 
 
 class CopyModel(nn.Module):
@@ -40,12 +46,13 @@ class TilesResult:
     rerun: bool  # DEST already held a cache made by geo-pix2pix
     failures: tuple[tuple[str, str], ...]  # (z/x/y, reason), the first few
     seconds: float
+    note: str = ""  # what else the run did to DEST (an archive published again…)
 
     def summary(self) -> str:
         verb = "regenerated" if self.rerun else "rendered"
         return (f"{self.rendered} {verb}, {self.unchanged} skipped as unchanged, {self.empty} skipped "
                 f"as empty, {self.failed} failed ({self.total} tiles, model at zoom {self.render_zoom}, "
-                f"{self.seconds:.1f} s)")
+                f"{self.seconds:.1f} s)" + (f"; {self.note}" if self.note else ""))
 
 
 @dataclass(frozen=True)
@@ -63,9 +70,17 @@ class TileOptions:
     device: str | None = None
     bands: str | None = None  # raster source: bands read as R,G,B
     name: str | None = None  # metadata name (default: DEST's name)
-    attribution: str | None = None
+    attribution: str | None = None  # default: "synthetic imagery…; map data: <the source's attribution>"
+    max_tiles: int | None = DEFAULT_MAX_TILES  # refuse larger runs at once (None or 0: no limit)
+    url_base: str | None = None  # XYZ DEST: tilejson.json lists absolute tile URLs under it
 
     def __post_init__(self) -> None:
+        if self.max_tiles is not None and (isinstance(self.max_tiles, bool) or not isinstance(self.max_tiles, int)
+                                           or self.max_tiles < 0):
+            raise OptionError(f"--max-tiles {self.max_tiles!r} must be a whole number of tiles, 0 for no limit")
+        if self.url_base is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+", self.url_base):
+            raise OptionError(f"--url-base {self.url_base!r} must be an absolute URL, e.g. "
+                              "https://tiles.example.org/aerial (the folder DEST is served as)")
         if self.fmt not in FORMATS:
             raise OptionError(f"--format {self.fmt!r} must be one of {', '.join(FORMATS)}")
         if self.workers < 1:

@@ -17,11 +17,17 @@ Sources are picklable: worker processes reopen them lazily, from their spec.
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
+import logging
 import os
 import re
+import socket
 import sqlite3
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -34,6 +40,8 @@ from .. import __version__
 from ..errors import InputRasterError, NotGeoreferencedWarning, TileSourceError
 from .imaging import decode
 from .tilemath import MAX_LATITUDE, TILE_SIZE
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MBTilesFile", "RasterSource", "SourceTile", "TileServer", "TileSource", "XYZFolder",
            "open_source"]
@@ -68,7 +76,13 @@ class TileSource:
         return None
 
     def attribution(self) -> str | None:
+        """The source's attribution (copyright, licence), carried into the output's metadata."""
         return None
+
+    def public_name(self) -> str:
+        """How metadata names the source: a file's name without the folders above it (no
+        local path is published), a URL without its query string or credentials."""
+        return os.path.basename(self.spec.rstrip("/\\")) or self.spec
 
     def prepare(self, render_zoom: int) -> None:
         """Called once, before tiles of ``render_zoom`` are read."""
@@ -125,10 +139,29 @@ class XYZFolder(TileSource):
 
     def bounds(self) -> tuple[float, float, float, float] | None:
         z = max(self._zooms)  # the deepest level: the finest outline of the data
-        tiles = [mercantile.Tile(int(xd.name), int(f.stem), z)
-                 for xd in (self.root / str(z)).iterdir() if xd.is_dir() and xd.name.isdigit()
-                 for f in xd.iterdir() if f.stem.isdigit()]
-        return _union_bounds(tiles)
+        xs, ys = _Extent(), _Extent()  # min and max only: the folder may hold millions of tiles
+        for xd in os.scandir(self.root / str(z)):
+            if xd.is_dir() and xd.name.isdigit():
+                for f in os.scandir(xd.path):
+                    stem = f.name.split(".", 1)[0]
+                    if stem.isdigit():
+                        xs.add(int(xd.name))
+                        ys.add(int(stem))
+        return _extent_bounds(xs, ys, z)
+
+    def attribution(self) -> str | None:
+        """From the folder's tilejson.json (gdal2tiles, geo-pix2pix, tile servers) or
+        metadata.json (mb-util)."""
+        for name in ("tilejson.json", "metadata.json"):
+            try:
+                with open(self.root / name, encoding="utf-8") as f:
+                    doc = json.load(f)
+            except (OSError, ValueError, RecursionError):
+                continue
+            text = doc.get("attribution") if isinstance(doc, dict) else None
+            if isinstance(text, str) and text.strip():
+                return text.strip()
+        return None
 
     def _read(self, tile: mercantile.Tile) -> SourceTile | None:
         path = self.root / str(tile.z) / str(tile.x) / f"{tile.y}.{self.suffix}"
@@ -150,8 +183,16 @@ class MBTilesFile(TileSource):
             names = {r[0] for r in rows}
             if "tiles" not in names:
                 raise TileSourceError(f"{spec!r} is SQLite but has no 'tiles' table: it is not MBTiles")
-            self._zooms = {r[0] for r in db.execute("SELECT DISTINCT zoom_level FROM tiles")}
-            self.meta = dict(db.execute("SELECT name, value FROM metadata")) if "metadata" in names else {}
+            self._zooms = set()
+            for (z,) in db.execute("SELECT DISTINCT zoom_level FROM tiles"):
+                if isinstance(z, float) and z.is_integer():
+                    z = int(z)
+                if isinstance(z, bool) or not isinstance(z, int) or not 0 <= z <= 30:
+                    raise TileSourceError(f"MBTiles {spec!r} has tiles with zoom_level {z!r}, not a zoom (a whole "
+                                          "number from 0 to 30): it is not valid MBTiles; fix or delete those rows")
+                self._zooms.add(z)
+            self.meta = {str(k): v for k, v in db.execute("SELECT name, value FROM metadata")} \
+                if "metadata" in names else {}
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise TileSourceError(f"MBTiles {spec!r} is locked by another program ({exc}): close the "
@@ -178,19 +219,37 @@ class MBTilesFile(TileSource):
         return self._zooms
 
     def bounds(self) -> tuple[float, float, float, float] | None:
+        """The extent of the tiles at the deepest zoom (an index range, not a scan), narrowed
+        to the metadata's ``bounds`` where they say less: writers often leave those at the
+        whole world."""
+        data = None
+        if self._zooms:
+            z = max(self._zooms)
+            row = self._db.execute(
+                "SELECT MIN(tile_column), MAX(tile_column), MIN(tile_row), MAX(tile_row) FROM tiles "
+                "WHERE zoom_level=? AND typeof(tile_column)='integer' AND typeof(tile_row)='integer'",
+                (z,)).fetchone()
+            if row and row[0] is not None:
+                xs, ys = _Extent(), _Extent()
+                xs.add(row[0])
+                xs.add(row[1])
+                ys.add(2**z - 1 - row[3])
+                ys.add(2**z - 1 - row[2])
+                data = _extent_bounds(xs, ys, z)
         try:
-            w, s, e, n = (float(v) for v in self.meta["bounds"].split(","))
-            return w, s, e, n
-        except (KeyError, ValueError):
-            pass
-        if not self._zooms:
-            return None
-        z = max(self._zooms)
-        rows = self._db.execute("SELECT tile_column, tile_row FROM tiles WHERE zoom_level=?", (z,))
-        return _union_bounds([mercantile.Tile(x, 2**z - 1 - r, z) for x, r in rows])
+            meta = tuple(float(v) for v in str(self.meta["bounds"]).split(","))
+            if len(meta) != 4 or meta[0] > meta[2] or meta[1] >= meta[3]:
+                raise ValueError
+        except (KeyError, ValueError, TypeError):
+            return data
+        if data is None:
+            return meta
+        w, s, e, n = max(meta[0], data[0]), max(meta[1], data[1]), min(meta[2], data[2]), min(meta[3], data[3])
+        return (w, s, e, n) if w < e and s < n else data
 
     def attribution(self) -> str | None:
-        return self.meta.get("attribution")
+        text = self.meta.get("attribution")
+        return text.strip() if isinstance(text, str) and text.strip() else None
 
     def _read(self, tile: mercantile.Tile) -> SourceTile | None:
         row = self._db.execute(
@@ -198,6 +257,10 @@ class MBTilesFile(TileSource):
             (tile.z, tile.x, 2**tile.z - 1 - tile.y)).fetchone()
         if row is None:
             return None
+        if not isinstance(row[0], bytes):
+            what = "NULL" if row[0] is None else f"a {type(row[0]).__name__}, not a blob"
+            raise TileSourceError(f"MBTiles tile {tile.z}/{tile.x}/{tile.y} of {self.spec!r} has no image data "
+                                  f"(tile_data is {what}); it is skipped")
         data = bytes(row[0])
         return SourceTile(_digest(data), data)
 
@@ -208,9 +271,22 @@ class MBTilesFile(TileSource):
 
 
 class TileServer(TileSource):
+    """A tile server's URL template.
+
+    Every request has a total ``deadline`` (connect, headers and body together: a server
+    that trickles bytes or never answers cannot hold a tile longer), ``tries`` attempts
+    in all, with ``backoff`` seconds doubling between them, for connection errors,
+    time-outs, 429 and 5xx answers. A tile that fails them all is reported failed (the
+    run goes on, exit code 3, a rerun retries it). After ``breaker`` tiles in a row have
+    failed so, the server is taken as down: further tiles get one attempt, not
+    ``tries``, until one succeeds, so a dead server costs a deadline per tile at most.
+    """
+
     kind = "tile server"
-    retries = 3
-    timeout = 30.0
+    tries = 3
+    deadline = 30.0  # s per request, connect + read, whatever the server does
+    backoff = 0.5  # s before the second try, doubling
+    breaker = 3  # failed tiles in a row after which tiles get a single try
 
     def __init__(self, spec: str) -> None:
         super().__init__(spec)
@@ -222,27 +298,43 @@ class TileServer(TileSource):
         return (self.spec.replace("{z}", str(tile.z)).replace("{x}", str(tile.x))
                 .replace("{-y}", str(2**tile.z - 1 - tile.y)).replace("{y}", str(tile.y)))
 
+    def public_name(self) -> str:
+        parts = urllib.parse.urlsplit(self.spec)
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
     def _read(self, tile: mercantile.Tile) -> SourceTile | None:
         url = self.url(tile)
+        shown = _without_secrets(url)
         req = urllib.request.Request(url, headers={"User-Agent": f"geo-pix2pix/{__version__} (tiles)"})
-        for attempt in range(self.retries):
+        failed_in_a_row = getattr(self, "_h_failed", 0)
+        tries = 1 if failed_in_a_row >= self.breaker else self.tries
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = resp.read()
-                    if resp.status == 204 or not data:
-                        return None
-                    return SourceTile(_digest(data), data)
+                data, status = _fetch(req, self.deadline)
+                self._h_failed = 0
+                if status == 204 or not data:
+                    return None
+                return SourceTile(_digest(data), data)
             except urllib.error.HTTPError as exc:
                 if exc.code in (404, 410):
+                    self._h_failed = 0
                     return None
                 if exc.code < 500 and exc.code != 429:
-                    raise TileSourceError(f"{url} answered HTTP {exc.code} {exc.reason}: check the URL "
+                    raise TileSourceError(f"{shown} answered HTTP {exc.code} {exc.reason}: check the URL "
                                           "template and access to the server") from None
                 reason = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                reason = str(getattr(exc, "reason", exc))
-            time.sleep(0.5 * 2**attempt)
-        raise TileSourceError(f"{url} failed {self.retries} times ({reason}); the tile is skipped")
+            except _DeadlineExceeded:
+                reason = f"no complete answer within {self.deadline:g} s"
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+        self._h_failed = failed_in_a_row + 1
+        times = f"{tries} times" if tries > 1 else "once (the server failed the tiles before it too)"
+        raise TileSourceError(f"{shown} failed {times} ({reason}); the tile is skipped")
 
 
 class RasterSource(TileSource):
@@ -261,7 +353,19 @@ class RasterSource(TileSource):
             ds = r.dataset
             merc = transform_bounds(ds.crs, "EPSG:3857", *ds.bounds, densify_pts=21)
             w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
+            tags = ds.tags()
+        self._attribution = _raster_attribution(tags)
+        if w >= 180 or e <= -180:  # e.g. longitudes 0..360: beyond Web Mercator's world
+            raise InputRasterError(
+                f"raster {self.spec!r} lies at longitudes {w:g}..{e:g}, beyond ±180°, outside Web Mercator "
+                "tiles: warp it to longitudes -180..180 first, e.g. gdalwarp -t_srs EPSG:4326 "
+                "--config CENTER_LONG 0 in.tif out.tif")
+        if w < -180 or e > 180:
+            log.warning("raster %s reaches longitudes %g..%g: only its part within ±180° is tiled", self.spec, w, e)
         return merc, (max(w, -180.0), max(s, -MAX_LATITUDE), min(e, 180.0), min(n, MAX_LATITUDE))
+
+    def attribution(self) -> str | None:
+        return getattr(self, "_attribution", None)
 
     def _open_raster(self):
         from ..raster import open_map_raster
@@ -322,7 +426,10 @@ class RasterSource(TileSource):
     def _read(self, tile: mercantile.Tile) -> SourceTile | None:
         w, s, e, n = mercantile.xy_bounds(tile)
         bw, bs, be, bn = self._bounds_3857
-        if e <= bw or w >= be or n <= bs or s >= bn:
+        if bw > be:  # across the antimeridian: outside means between its east and west edges
+            if be <= w and e <= bw or n <= bs or s >= bn:
+                return None
+        elif e <= bw or w >= be or n <= bs or s >= bn:
             return None
         try:
             rgb, valid = self._raster.read(tile.y * TILE_SIZE, tile.x * TILE_SIZE, TILE_SIZE, TILE_SIZE)
@@ -342,13 +449,131 @@ class RasterSource(TileSource):
                 setattr(self, name, None)
 
 
-def _union_bounds(tiles: list[mercantile.Tile]) -> tuple[float, float, float, float] | None:
-    if not tiles:
+class _DeadlineExceeded(Exception):
+    pass
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when the request's deadline passes: a blocked
+    connect, read or TLS handshake then returns at once, whatever the server does."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline, self.fired, self.sockets = deadline, False, []
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(max(deadline - time.monotonic(), 0), self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self) -> None:
+        with self.lock:
+            self.fired = True
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def watch(self, sock) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            fired = self.fired
+        if fired:
+            self._fire()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
+def _fetch(req: urllib.request.Request, seconds: float) -> tuple[bytes, int]:
+    """GET with a total deadline (urllib's ``timeout`` bounds each socket operation only)."""
+    deadline = time.monotonic() + seconds
+    dog = _Watchdog(deadline)
+
+    class Watched(http.client.HTTPConnection):
+        def connect(self):
+            super().connect()
+            dog.watch(self.sock)
+
+    class WatchedTLS(http.client.HTTPSConnection):
+        def connect(self):
+            super().connect()
+            dog.watch(self.sock)
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, r):
+            return self.do_open(Watched, r)
+
+    class TLSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, r):
+            return self.do_open(WatchedTLS, r, context=self._context)
+
+    opener = urllib.request.build_opener(Handler, TLSHandler)
+    try:
+        with opener.open(req, timeout=max(min(seconds, deadline - time.monotonic()), 0.001)) as resp:
+            chunks = []
+            while True:
+                chunk = resp.read1(1 << 16) if hasattr(resp, "read1") else resp.read(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise _DeadlineExceeded()
+            if dog.fired:
+                raise _DeadlineExceeded()  # the socket was shut mid-body: what came is not the tile
+            return b"".join(chunks), resp.status
+    except _DeadlineExceeded:
+        raise
+    except Exception:
+        if dog.fired or time.monotonic() >= deadline:
+            raise _DeadlineExceeded() from None
+        raise
+    finally:
+        dog.cancel()
+
+
+def _without_secrets(url: str) -> str:
+    """A URL as shown in messages: no credentials, no query string (API keys live there)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+
+
+class _Extent:
+    """Running min and max of integers."""
+
+    def __init__(self) -> None:
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def add(self, v: int) -> None:
+        self.lo = v if self.lo is None else min(self.lo, v)
+        self.hi = v if self.hi is None else max(self.hi, v)
+
+
+def _extent_bounds(xs: _Extent, ys: _Extent, z: int) -> tuple[float, float, float, float] | None:
+    """Lon/lat bounds of the tiles from columns xs.lo..xs.hi and rows ys.lo..ys.hi of zoom z."""
+    if xs.lo is None or ys.lo is None:
         return None
-    bs = [mercantile.bounds(t) for t in tiles]
+    top = 2**z - 1
+    if not (0 <= xs.lo <= xs.hi <= top and 0 <= ys.lo <= ys.hi <= top):
+        return None
+    nw = mercantile.bounds(mercantile.Tile(xs.lo, ys.lo, z))
+    se = mercantile.bounds(mercantile.Tile(xs.hi, ys.hi, z))
     e = 1e-9  # a hair inside, so that rounding at tile edges pulls in no neighbour
-    return (min(b.west for b in bs) + e, min(b.south for b in bs) + e,
-            max(b.east for b in bs) - e, max(b.north for b in bs) - e)
+    return nw.west + e, se.south + e, se.east - e, nw.north - e
+
+
+def _raster_attribution(tags: dict) -> str | None:
+    """A raster's attribution: its ATTRIBUTION tag (geo-pix2pix osm-map, many producers),
+    else its copyright tag, else where it was made from (SOURCE)."""
+    for name in ("ATTRIBUTION", "COPYRIGHT", "TIFFTAG_COPYRIGHT"):
+        value = str(tags.get(name) or "").strip()
+        if value:
+            return value
+    value = str(tags.get("SOURCE") or "").strip()
+    return f"source: {os.path.basename(value)}" if value else None
 
 
 URL_RE = re.compile(r"^https?://", re.IGNORECASE)

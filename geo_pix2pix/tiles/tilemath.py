@@ -85,15 +85,18 @@ def parse_zoom_range(text: str | int | tuple[int, int]) -> ZoomRange:
 
 
 def check_bbox(west: float, south: float, east: float, north: float) -> tuple[float, float, float, float]:
-    """Validate a lon/lat bounding box (degrees) for Web Mercator and return it."""
+    """Validate a lon/lat bounding box (degrees) for Web Mercator and return it; W > E
+    stands for a box across the antimeridian when that is the shorter way round."""
     box = f"{west:g},{south:g},{east:g},{north:g}"
     if not all(math.isfinite(v) for v in (west, south, east, north)):
         raise OptionError(f"--bbox {box}: every value must be a finite number of degrees")
     if not (-180 <= west <= 180 and -180 <= east <= 180):
         raise OptionError(f"--bbox {box}: longitudes must lie in [-180, 180]")
-    if west >= east:
-        raise OptionError(f"--bbox {box}: west must be less than east (W,S,E,N order); an area "
-                          "crossing the antimeridian needs two runs, one each side")
+    if west == east or (west > east and west - east <= 180):
+        # W > E is a box across the antimeridian when that is the shorter way from W to E
+        # (170,…,-170,…: 20° wide); otherwise it is W and E swapped.
+        raise OptionError(f"--bbox {box}: west must be less than east (W,S,E,N order); an area across "
+                          "the antimeridian is given with W > E, e.g. 170,-20,-170,-10")
     if south >= north:
         raise OptionError(f"--bbox {box}: south must be less than north (W,S,E,N order)")
     if south < -MAX_LATITUDE or north > MAX_LATITUDE:
@@ -132,6 +135,9 @@ def parse_expire(lines: Iterable[str], source: str = "expire list") -> list[merc
     """Tiles of an osm2pgsql/render_expired list: one ``z/x/y`` per line (``#`` comments)."""
     out = []
     for n, raw in enumerate(lines, 1):
+        if "\x00" in raw:
+            raise OptionError(f"{source} is not a text file (line {n} holds NUL bytes): give a file of z/x/y "
+                              "lines, as osm2pgsql --expire-tiles writes")
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
