@@ -197,21 +197,21 @@ def test_numpy_decided_by_what_qgis_python_has(tmp_path, monkeypatch):
     assert deps.numpy_constraint({"numpy": "1.24.2", "gdal_array_numpy": 1})[0] == "numpy==1.24.2"
 
 
-def _fake_environment(profile: Path, version: str) -> Path:
+def _fake_environment(profile: Path, version: str, module: str = "affine") -> Path:
     """A plugin environment as install() leaves it, with one small distribution."""
     root = profile / deps.ROOT_NAME
     site = root / "venv" / "lib" / "python3.11" / "site-packages"
-    (site / "affine").mkdir(parents=True)
-    (site / "affine" / "__init__.py").write_text("")
-    info = site / "affine-2.4.0.dist-info"
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text("")
+    info = site / f"{module}-2.4.0.dist-info"
     info.mkdir()
-    (info / "RECORD").write_text("affine/__init__.py,sha256=x,0\naffine/__pycache__/__init__.cpython-311.pyc,,\n"
-                                 "affine-2.4.0.dist-info/RECORD,,\n")
+    (info / "RECORD").write_text(f"{module}/__init__.py,sha256=x,0\n{module}/__pycache__/__init__.cpython-311.pyc,,\n"
+                                 f"{module}-2.4.0.dist-info/RECORD,,\n")
     python = root / "venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text("")
     (root / "state.json").write_text(json.dumps({"plugin_version": version, "torch_variant": "cpu",
-                                                 "distributions": {"affine": "2.4.0"}}))
+                                                 "distributions": {module.replace("_", "-"): "2.4.0"}}))
     return site
 
 
@@ -239,6 +239,23 @@ def test_a_bad_source_is_refused_before_a_ready_environment_is_touched(tmp_path,
     with pytest.raises(deps.DependencyError, match="missing.whl' is not a file: name an existing geo-pix2pix wheel"):
         deps.repair(cpu=True, profile=tmp_path)
     assert deps.status(tmp_path).state == "ready"
+
+
+def test_activate_puts_the_environment_first_or_asks_for_a_restart(tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    site = _fake_environment(tmp_path, deps.plugin_version(), module="gp2p_probe")
+    usable, why = deps.activate(tmp_path)
+    assert usable and sys.path[0] == str(site)
+    # a module the environment brings, already loaded from elsewhere: only a restart swaps it
+    outside = types.ModuleType("gp2p_probe")
+    outside.__file__ = "/usr/lib/python3/dist-packages/gp2p_probe/__init__.py"
+    monkeypatch.setitem(sys.modules, "gp2p_probe", outside)
+    usable, why = deps.activate(tmp_path)
+    assert not usable and why.startswith("restart QGIS to use geo-pix2pix: gp2p_probe (/usr/lib/python3/dist-")
+    nothing = tmp_path / "nothing"
+    assert deps.activate(nothing) == (False, f"no environment at {nothing / deps.ROOT_NAME / 'venv'}")
 
 
 def test_second_install_of_a_ready_environment_runs_nothing(tmp_path, monkeypatch):
