@@ -68,13 +68,13 @@ def create_app(cache: LiveCache, *, workers: int = 1, queue_size: int = 32) -> S
         finally:
             await server.close()
 
-    routes = [
+    routes = [  # tiles first: the routes are tried in order, and tiles are nearly every request
+        Route("/{z:int}/{x:int}/{y:int}.{ext:str}", server.aerial, methods=["GET", "HEAD"]),
         Route("/", server.index, methods=["GET", "HEAD"]),
         Route("/index.html", server.index, methods=["GET", "HEAD"]),
         Route("/healthz", server.healthz, methods=["GET", "HEAD"]),
         Route("/tilejson.json", server.tilejson, methods=["GET", "HEAD"]),
         Route("/viewer/{name:path}", server.static, methods=["GET", "HEAD"]),
-        Route("/{z:int}/{x:int}/{y:int}.{ext:str}", server.aerial, methods=["GET", "HEAD"]),
         Route("/map/{z:int}/{x:int}/{y:int}.{ext:str}", server.source_map, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
