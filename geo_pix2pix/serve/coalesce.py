@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ClientGone", "Coalescer", "Overloaded"]
@@ -67,7 +67,6 @@ class Stats:
     coalesced: int = 0  # requests that joined a job already queued or running
     dropped: int = 0  # queued jobs dropped: their clients went away
     rejected: int = 0  # requests answered 503: the queue was full
-    extra: dict = field(default_factory=dict)
 
 
 class Coalescer:
