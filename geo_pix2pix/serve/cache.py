@@ -36,10 +36,11 @@ import mercantile
 
 from ..errors import OptionError, OutputExistsError, TileSourceError
 from ..heap import kept_heap
+from ..provenance import model_identity
 from ..stale import sweep_stale
 from ..tiles.area import Area
 from ..tiles.imaging import FORMATS
-from ..tiles.manifest import DestinationLock, Manifest, model_identity, work_dir
+from ..tiles.manifest import DestinationLock, Manifest, work_dir
 from ..tiles.metatile import MetaJob, run_metatile
 from ..tiles.options import TileOptions
 from ..tiles.plan import Plan, children_of

@@ -36,12 +36,11 @@ import sqlite3
 from pathlib import Path
 
 import mercantile
-from torch import nn
 
 from ..errors import DestinationBusyError, OutputPathError
 from .sinks import store_errors
 
-__all__ = ["DestinationLock", "Manifest", "file_identity", "model_identity", "read_meta", "settings_digest", "tile_key",
+__all__ = ["DestinationLock", "Manifest", "file_identity", "read_meta", "settings_digest", "tile_key",
            "work_dir"]
 
 #: Bump when a change to the code changes the pixels made from the same inputs.
@@ -69,19 +68,6 @@ def tile_key(digest: str, parts: list[str]) -> str:
     for p in parts:
         h.update(b"|" + p.encode())
     return h.hexdigest()[:40]
-
-
-def model_identity(model: nn.Module) -> str:
-    """``model.identity`` (the weights file's hash) where the model has one; otherwise a
-    hash of its class and its state dict, so that any change of weights shows."""
-    ident = getattr(model, "identity", "")
-    if isinstance(ident, str) and ident:
-        return ident
-    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class DestinationLock:

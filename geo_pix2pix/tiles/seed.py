@@ -42,6 +42,7 @@ from .. import __version__
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
 from ..heap import kept_heap
 from ..model_spec import ModelSpec
+from ..provenance import model_identity
 from ..stale import sweep_stale
 from .area import Area
 from .imaging import decode, downsample, encode
@@ -49,7 +50,6 @@ from .manifest import (
     DestinationLock,
     Manifest,
     file_identity,
-    model_identity,
     read_meta,
     settings_digest,
     tile_key,
