@@ -326,7 +326,8 @@ def test_zip_installs_like_the_plugin_manager_and_says_what_is_missing(from_zip)
     assert clean["importable"] == {"geo_pix2pix": False, "torch": False, "rasterio": False}
     got = _get(from_zip, "install_zip")
     assert got["loaded"] and got["started"] and not got["provider_registered"]
-    assert "geo-pix2pix cannot run" in got["error"] and "not ready" in got["error"]
+    assert "geo-pix2pix cannot run" in got["error"] and "cannot import geo_pix2pix" in got["error"]
+    assert "the plugin's own environment: no environment at" in got["error"]
     assert "metadata.txt" in got["files"] and "deps.py" in got["files"]
 
 

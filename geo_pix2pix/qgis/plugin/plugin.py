@@ -78,8 +78,8 @@ def import_provider():
             raise DependenciesMissing(why)
     if provider is None:
         raise DependenciesMissing(
-            f"geo-pix2pix cannot run: QGIS's Python ({sys.prefix}) cannot import {exc.name} and the plugin's own "
-            f"environment is not ready ({deps.status().detail})")
+            f"geo-pix2pix cannot run: QGIS's Python ({sys.prefix}) cannot import {exc.name}; the plugin's own "
+            f"environment: {deps.status().detail}")
     return provider
 
 
