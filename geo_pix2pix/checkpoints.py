@@ -26,7 +26,6 @@ cast back to float32 on load.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from .errors import CheckpointError
 from .memory import meta_module
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from .stale import replacing
 
 __all__ = ["Checkpoint", "export_checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
@@ -176,15 +176,8 @@ def save_checkpoint(
         payload["int8"] = int8
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

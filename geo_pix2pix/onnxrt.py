@@ -16,7 +16,6 @@ ran the default model 13 % faster than the PyTorch engine; through render's path
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import nn
 from .engine import InferenceUNet
 from .errors import CheckpointError, OptionError
 from .model import _file_hash
+from .stale import replacing
 
 __all__ = ["OnnxModel", "export_onnx", "is_onnx_path"]
 
@@ -47,9 +47,7 @@ def export_onnx(model, dst: str | os.PathLike) -> Path:
     dst = Path(dst)
     engine = InferenceUNet(model.generator.cpu().eval(), channels_last=False, pack=False)
     example = torch.zeros(1, 3, 256, 256)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent if str(dst.parent) else ".")
-    os.close(fd)
-    try:
+    with replacing(dst) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its successor
             torch.onnx.export(engine, (example,), tmp, dynamo=False, opset_version=OPSET,
@@ -67,11 +65,6 @@ def export_onnx(model, dst: str | os.PathLike) -> Path:
             entry = graph.metadata_props.add()
             entry.key, entry.value = _META + key, value
         onnx.save(graph, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dst
 
 

@@ -22,9 +22,11 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["host_tag", "owner_alive", "sweep_stale", "temp_name", "temp_path"]
+__all__ = ["host_tag", "owner_alive", "replacing", "sweep_stale", "temp_name", "temp_path"]
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +107,20 @@ def sweep_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path
         log.info("removed %d stale temporary file(s) left by an interrupted run in %s: %s", len(removed),
                  folder, ", ".join(p.name for p in removed[:5]) + (" …" if len(removed) > 5 else ""))
     return removed
+
+
+@contextmanager
+def replacing(dst: str | os.PathLike, tag: str | None = None, suffix: str = "") -> Iterator[Path]:
+    """Write a file atomically: yields a temporary path beside ``dst`` to write; renames it
+    onto ``dst`` when the block ends normally, removes it when the block raises (Ctrl-C
+    included). Stale temporaries of ``dst`` left by a killed run are swept first."""
+    dst = Path(dst)
+    sweep_stale(dst.parent, dst.name)
+    tmp = temp_path(dst, tag, suffix)
+    try:
+        yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o644)  # an ordinary file, whatever made the temporary
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)

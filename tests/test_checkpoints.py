@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -177,3 +179,21 @@ def test_unreadable_reason_is_kept_whole_on_one_line(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"\(EOFError: the file ended early\)"):
         load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_a_killed_writers_temporary_is_swept_by_the_next_save(tmp_path):
+    """A checkpoint's temporary left by kill -9 (dead owner) goes at the next save; a live
+    process's is left alone."""
+    import subprocess
+
+    from geo_pix2pix.stale import temp_name
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / temp_name("m.pt").replace(f"pid{os.getpid()}", f"pid{dead.pid}")
+    live = tmp_path / temp_name("m.pt")  # this process's: still being written
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"in progress")
+    save_checkpoint(tmp_path / "m.pt", Generator(base_width=4))
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["m.pt"]
