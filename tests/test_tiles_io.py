@@ -20,7 +20,7 @@ from tilesdata import HELSINKI, Identity, bbox_of, block, decode, map_pixels, re
 
 from geo_pix2pix.errors import DestinationBusyError, OutputExistsError, TileSourceError
 from geo_pix2pix.tiles import Area, CopyModel, make_tiles, open_source
-from geo_pix2pix.tiles.manifest import DestinationLock, work_dir
+from geo_pix2pix.tiles.manifest import destination_lock, work_dir
 
 SRC_TILES = block(16, HELSINKI.x, HELSINKI.y, 4, 4)
 
@@ -167,7 +167,7 @@ def test_source_errors(tmp_path):
 
 def test_second_writer_is_refused_and_foreign_dest_protected(source, tmp_path):
     dest = tmp_path / "c.mbtiles"
-    with DestinationLock(work_dir(dest, "mbtiles"), str(dest)):
+    with destination_lock(work_dir(dest, "mbtiles"), str(dest)):
         with pytest.raises(DestinationBusyError, match="another geo-pix2pix process"):
             make_tiles(source, dest, zooms="16", model=Identity())
     foreign = tmp_path / "foreign"

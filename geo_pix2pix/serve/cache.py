@@ -40,7 +40,7 @@ from ..provenance import model_identity
 from ..stale import sweep_stale
 from ..tiles.area import Area
 from ..tiles.imaging import FORMATS
-from ..tiles.manifest import DestinationLock, Manifest, work_dir
+from ..tiles.manifest import Manifest, destination_lock, work_dir
 from ..tiles.metatile import MetaJob, run_metatile
 from ..tiles.options import TileOptions
 from ..tiles.plan import Plan, children_of
@@ -134,7 +134,7 @@ class LiveCache:
                 self.kind == "xyz" and self.dest.is_dir() and not any(self.dest.iterdir())):
             raise OutputExistsError(f"--cache {str(self.dest)!r} exists and was not made by geo-pix2pix: choose "
                                     "another --cache (serve writes only into caches it or `tiles` made)")
-        self._lock = DestinationLock(work, str(self.dest)).__enter__()
+        self._lock = destination_lock(work, str(self.dest)).__enter__()
         self._run = None
         if self.kind == "xyz":  # temporaries that a run killed with -9 left (dead owners only)
             sweep_stale(self.dest, "tilejson.json")

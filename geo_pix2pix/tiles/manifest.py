@@ -37,10 +37,11 @@ from pathlib import Path
 
 import mercantile
 
-from ..errors import DestinationBusyError, OutputPathError
+from ..errors import OutputPathError
+from ..outlock import OutputLock
 from .sinks import store_errors
 
-__all__ = ["DestinationLock", "Manifest", "file_identity", "read_meta", "settings_digest", "tile_key",
+__all__ = ["destination_lock", "Manifest", "file_identity", "read_meta", "settings_digest", "tile_key",
            "work_dir"]
 
 #: Bump when a change to the code changes the pixels made from the same inputs.
@@ -70,34 +71,9 @@ def tile_key(digest: str, parts: list[str]) -> str:
     return h.hexdigest()[:40]
 
 
-class DestinationLock:
-    """An exclusive, non-blocking ``flock`` on ``work/lock`` (context manager)."""
-
-    def __init__(self, work: Path, dest: str) -> None:
-        self.path, self.dest, self.fd = work / "lock", dest, None
-
-    def __enter__(self) -> DestinationLock:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DestinationBusyError(
-                f"DEST {self.dest!r} is being written by another geo-pix2pix process (pid {holder}, "
-                f"lock {str(self.path)!r}): wait for it to finish, or choose another DEST") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor releases the flock
-            self.fd = None
+def destination_lock(work: Path, dest: str) -> OutputLock:
+    """The lock that makes one process at a time write DEST (``work/lock``)."""
+    return OutputLock(dest, path=work / "lock", name="DEST", alternative="choose another DEST")
 
 
 class Manifest:

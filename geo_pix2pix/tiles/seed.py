@@ -47,8 +47,8 @@ from ..stale import sweep_stale
 from .area import Area
 from .imaging import decode, downsample, encode
 from .manifest import (
-    DestinationLock,
     Manifest,
+    destination_lock,
     file_identity,
     read_meta,
     settings_digest,
@@ -241,7 +241,7 @@ def _write_cache(src, dest: Path, kind: str, plan: Plan, model, spec, settings: 
                                 f"({'its files are kept' if kind == 'xyz' else 'only once the new one is complete'}), "
                                 "or choose another DEST")
     fmt = opts.fmt
-    with DestinationLock(work, str(dest)), kept_heap():  # batches reuse memory (heap.py)
+    with destination_lock(work, str(dest)), kept_heap():  # batches reuse memory (heap.py)
         if kind == "xyz":  # temporaries a run killed with -9 left (stale.py: dead owners only)
             sweep_stale(dest, "tilejson.json")
             sweep_stale(work / "incoming")
