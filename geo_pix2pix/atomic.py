@@ -1,4 +1,5 @@
-"""Temporary files named after their owner, and the sweep that removes the stale ones.
+"""Writing files atomically: temporary files named after their owner, the sweep that
+removes the stale ones, flushing, and replacing a file by a rename.
 
 Every temporary file geo-pix2pix writes beside an output (``render``'s
 ``.NAME.*.tmp*`` beside DST, ``tiles``' ``.NAME.pmtiles.*.tmp`` beside a PMTiles
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["host_tag", "owner_alive", "replacing", "sweep_stale", "temp_name", "temp_path"]
+__all__ = ["fsync", "host_tag", "owner_alive", "replacing", "sweep_stale", "temp_name", "temp_path"]
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +110,37 @@ def sweep_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path
     return removed
 
 
+def fsync(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Flush a file to disk; ``folder=True``: a folder's entries (after a rename), where
+    the file system can (some cannot fsync a folder: the rename is done either way)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def replacing(dst: str | os.PathLike, tag: str | None = None, suffix: str = "") -> Iterator[Path]:
-    """Write a file atomically: yields a temporary path beside ``dst`` to write; renames it
-    onto ``dst`` when the block ends normally, removes it when the block raises (Ctrl-C
+    """Write a file atomically: yields a temporary path beside ``dst`` to write; flushes it
+    and renames it onto ``dst`` when the block ends normally, removes it when the block raises (Ctrl-C
     included). Stale temporaries of ``dst`` left by a killed run are swept first."""
     dst = Path(dst)
     sweep_stale(dst.parent, dst.name)
     tmp = temp_path(dst, tag, suffix)
     try:
         yield tmp
-        if tmp.exists():
-            os.chmod(tmp, 0o644)  # an ordinary file, whatever made the temporary
+        os.chmod(tmp, 0o644)  # an ordinary file, whatever made the temporary
+        fsync(tmp)  # so that a power cut after the rename cannot leave a damaged dst
         os.replace(tmp, dst)
+        fsync(dst.parent, folder=True)
     finally:
         tmp.unlink(missing_ok=True)

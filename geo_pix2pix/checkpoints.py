@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
+from .atomic import replacing
 from .errors import CheckpointError
 from .memory import meta_module
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from .stale import replacing
 
 __all__ = ["Checkpoint", "export_checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "FORMAT_VERSION"]
 

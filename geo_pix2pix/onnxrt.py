@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import replacing
 from .engine import InferenceUNet
 from .errors import CheckpointError, OptionError
 from .model import _file_hash
-from .stale import replacing
 
 __all__ = ["OnnxModel", "export_onnx", "is_onnx_path"]
 

@@ -38,8 +38,8 @@ try:  # GDAL's own errors, which rasterio raises as they are from some calls
 except ImportError:  # pragma: no cover - a private module; rasterio 1.3/1.4 have it
     CPLE_BaseError = RasterioError
 
+from .atomic import fsync, sweep_stale, temp_path
 from .errors import InputRasterError, NotGeoreferencedWarning, OptionError, OutputExistsError, OutputPathError
-from .stale import sweep_stale, temp_path
 from .tiling import clip_window, pad_reflect
 
 __all__ = [
@@ -638,20 +638,11 @@ def _missing_block(ds, file_size: int) -> str | None:
     return None
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file (or a folder's entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def scratch_path(dst: str | os.PathLike, tag: str, suffix: str = ".tif"):
     """Yield a hidden temporary path beside ``dst``, always removed on exit."""
     dst = Path(dst)
-    tmp = temp_path(dst, tag, suffix)  # named after this process: see stale.py
+    tmp = temp_path(dst, tag, suffix)  # named after this process: see atomic.py
     try:
         yield tmp
     finally:
@@ -682,13 +673,10 @@ def atomic_output(dst: str | os.PathLike, suffix: str | None = None, check: bool
         try:
             for p in (tmp, *(Path(str(tmp) + s) for s in SIDECAR_SUFFIXES)):
                 if p.exists():
-                    _fsync(p)
+                    fsync(p)
         except OSError as exc:  # a network filesystem may report a full disk only now
             raise write_failure(dst, exc.strerror or str(exc), exc.errno) from None
         _publish(tmp, dst)
-        try:
-            _fsync(dst.parent)
-        except OSError:
-            pass  # some filesystems cannot fsync a folder; the rename is done either way
+        fsync(dst.parent, folder=True)
     finally:
         _remove_with_side_files(tmp)

@@ -53,8 +53,8 @@ class RasterSpec:
     @contextmanager
     def open(self):
         from .errors import NotGeoreferencedWarning
-        from .raster import open_map_raster
         from .model_grid import on_model_grid
+        from .raster import open_map_raster
 
         with ExitStack() as stack:
             with warnings.catch_warnings():

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import mercantile
 
+from ..atomic import sweep_stale
 from ..errors import OptionError, OutputExistsError, TileSourceError
 from ..heap import kept_heap
 from ..provenance import model_identity
-from ..stale import sweep_stale
 from ..tiles.area import Area
 from ..tiles.imaging import FORMATS
 from ..tiles.manifest import Manifest, destination_lock, work_dir

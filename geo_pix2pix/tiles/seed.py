@@ -39,11 +39,11 @@ import numpy as np
 from torch import nn
 
 from .. import __version__
+from ..atomic import sweep_stale
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
 from ..heap import kept_heap
 from ..model_spec import ModelSpec
 from ..provenance import model_identity
-from ..stale import sweep_stale
 from .area import Area
 from .imaging import decode, downsample, encode
 from .manifest import (
@@ -242,7 +242,7 @@ def _write_cache(src, dest: Path, kind: str, plan: Plan, model, spec, settings: 
                                 "or choose another DEST")
     fmt = opts.fmt
     with destination_lock(work, str(dest)), kept_heap():  # batches reuse memory (heap.py)
-        if kind == "xyz":  # temporaries a run killed with -9 left (stale.py: dead owners only)
+        if kind == "xyz":  # temporaries a run killed with -9 left (atomic.py: dead owners only)
             sweep_stale(dest, "tilejson.json")
             sweep_stale(work / "incoming")
         else:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import mercantile
 
+from ..atomic import fsync, temp_name, temp_path
 from ..errors import DestinationBusyError, OutputPathError, TileSourceError
-from ..stale import temp_name, temp_path
 from .imaging import FORMATS
 
 __all__ = ["MBTilesSink", "PMTilesSink", "TileSetInfo", "XYZSink", "sink_kind", "store_errors"]
@@ -293,12 +293,12 @@ class MBTilesSink:
 
         self.close()
         with store_errors(self.final):
-            _fsync(self.path)
+            fsync(self.path)
             identity = file_identity(self.path)
             if before_rename is not None:
                 before_rename(identity)
             os.replace(self.path, self.final)
-            _fsync_folder(self.final.parent)
+            fsync(self.final.parent, folder=True)
         return identity
 
     def close(self) -> None:
@@ -374,7 +374,7 @@ class PMTilesSink:
                 if before_rename is not None:
                     before_rename(identity)
                 os.replace(tmp, self.path)
-                _fsync_folder(self.path.parent)
+                fsync(self.path.parent, folder=True)
             return identity
         finally:
             tmp.unlink(missing_ok=True)
@@ -383,16 +383,3 @@ class PMTilesSink:
         self.stage.close()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:
-        pass  # some file systems cannot fsync a folder; the rename is done either way
