@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import platform
+
 import torch
 
 from .errors import DeviceError
 
-__all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "cpu_has_native_bf16", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "cpu_bf16_kind", "cpu_description", "cpu_flags",
+           "cpu_has_native_bf16", "resolve_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -47,16 +51,59 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     raise DeviceError(f"device {device!r} is not one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX) and
-    PyTorch has oneDNN: there bfloat16 convolutions run at about twice the float32
-    rate (this project's 2-core AMD EPYC: 370–445 against 180–215 GFLOP/s for the
-    discriminator's and encoder's convolutions; ``benchmarks/train_throughput.py``).
-    Elsewhere oneDNN emulates bfloat16, more slowly than float32."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (``avx2``, ``avx512_bf16``, ``amx_bf16``, …),
+    read once; empty where ``/proc/cpuinfo`` is not there (see :func:`cpu_bf16_kind`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide the engine, for benchmark output."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+    flags = cpu_flags()
+    shown = [f for f in wanted if f in flags] if flags else [f"bfloat16: {cpu_bf16_kind() or 'emulated'}"]
+    return f"{name} ({', '.join(shown)})"
+
+
+@functools.cache
+def cpu_bf16_kind() -> str | None:
+    """How this CPU multiplies bfloat16, read once: ``"amx"`` (AMX-BF16 tiles, Xeons of the
+    Sapphire Rapids class and later), ``"avx512_bf16"`` (AVX512-BF16 dot products, e.g. Zen 4
+    and Cooper Lake), or None (AVX2 and others: oneDNN emulates bfloat16, more slowly than
+    float32). None too where PyTorch has no oneDNN. The engine picks its layout by it
+    (:func:`engine.bfloat16_engine`); figures per CPU in ``docs/performance.md``."""
     if not torch.backends.mkldnn.is_available():
-        return False
-    return any(bool(getattr(torch.cpu, name, lambda: False)())
-               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return None
+    flags = cpu_flags()
+    if flags:
+        amx, avx512 = {"amx_tile", "amx_bf16"} <= flags, "avx512_bf16" in flags
+    else:  # not Linux: ask PyTorch's own CPU detection
+        amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        avx512 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return "amx" if amx else "avx512_bf16" if avx512 else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (:func:`cpu_bf16_kind`: AVX512-BF16
+    or AMX) and PyTorch has oneDNN: there bfloat16 convolutions run at twice the float32
+    rate or more (``benchmarks/train_throughput.py``, ``docs/performance.md``). Elsewhere
+    oneDNN emulates bfloat16, more slowly than float32."""
+    return cpu_bf16_kind() is not None
 
 
 def autocast_dtype(device: torch.device, enabled: bool = True, *, cpu_bf16: bool = False) -> torch.dtype | None:

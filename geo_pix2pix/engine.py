@@ -341,16 +341,28 @@ class InferenceUNet(nn.Module):
         return y if self.dtype == torch.float32 else y.float()
 
 
-def bfloat16_engine(gen: Generator) -> InferenceUNet:
+def bfloat16_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
     """The engine of ``gen`` in bfloat16 (``--precision bf16``): float32 tiles in and
     out, bfloat16 weights and activations in between (validation split, default model:
     L1 +0.0002 and SSIM −0.0006 against float32, ``docs/performance.md``).
 
-    NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2 convolutions
-    oneDNN runs faster in bfloat16 than its transposed ones (default model 109–111 →
-    122–124 tiles/s on the 2-core Zen 4 at batch 8; the float32 engine: 68);
-    channels-last (BatchNorm) models keep the transposed convolutions and, where oneDNN
-    can reorder bfloat16 weights, have them packed (paper width 31 → 34 tiles/s; the
-    sub-pixel decoder instead: 27–28; the float32 engine: 17).
+    The layout is chosen by how the CPU multiplies bfloat16: ``cpu``, by default
+    (``"auto"``) :func:`devices.cpu_bf16_kind`, read once; the tests pass its values to run
+    every path on any CPU:
+
+    - ``"amx"``: :class:`engine_nhwc.ChannelsLastUNet`, every layer channels-last with
+      packed weights and a sub-pixel decoder, the layout oneDNN's AMX kernels work in;
+    - otherwise (AVX512-BF16, or emulated) the float32 engine's graph, as measured on a
+      Zen 4: NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2
+      convolutions oneDNN runs faster in bfloat16 than its transposed ones; channels-last
+      (BatchNorm) models keep the transposed convolutions and, where oneDNN can reorder
+      bfloat16 weights, have them packed.
     """
+    if cpu == "auto":
+        cpu = devices.cpu_bf16_kind()
+    on_cpu = next(gen.parameters()).device.type == "cpu"
+    if cpu == "amx" and on_cpu:
+        from .engine_nhwc import ChannelsLastUNet
+
+        return ChannelsLastUNet(gen, dtype=torch.bfloat16)
     return InferenceUNet(gen, subpixel_decoder=not prefers_channels_last(gen), dtype=torch.bfloat16)

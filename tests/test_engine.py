@@ -207,7 +207,7 @@ def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
     from geo_pix2pix.engine import bfloat16_engine
 
     g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
-    e = bfloat16_engine(g)
+    e = bfloat16_engine(g, cpu="avx512_bf16")  # the NCHW-or-packed engine of CPUs without AMX
     assert e.packed and isinstance(e.head.conv, PackedConv)
     assert e.head.conv.weight.dtype == torch.bfloat16
     x = torch.rand(2, 3, 256, 256) * 2 - 1
@@ -216,9 +216,9 @@ def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
         again = pickle.loads(pickle.dumps(e))(x)
     assert got.dtype == torch.float32 and float((got - want).abs().mean()) < 0.01
     assert torch.equal(again, got)
-    assert not bfloat16_engine(trained_like(GeneratorConfig(base_width=8, norm="instance"))).packed
+    assert not bfloat16_engine(trained_like(GeneratorConfig(base_width=8, norm="instance")), cpu="avx512_bf16").packed
     monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: False)
-    unpacked = bfloat16_engine(g)  # where oneDNN cannot reorder bfloat16 weights
+    unpacked = bfloat16_engine(g, cpu=None)  # where oneDNN cannot reorder bfloat16 weights
     assert not unpacked.packed
     with torch.no_grad():
         assert float((unpacked(x) - want).abs().mean()) < 0.01
@@ -265,3 +265,120 @@ def test_a_pickled_model_leaves_the_checkpoints_other_contents_behind(tmp_path):
     assert model.checkpoint.discriminator_state  # the original keeps everything
     tiles = np.random.default_rng(2).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
     assert np.array_equal(run_batch(copy, tiles), run_batch(model, tiles))
+
+
+# The channels-last engine chosen on CPUs with AMX (engine_nhwc). Its code runs on any CPU:
+# in float32 it is held to the generator's function, in bfloat16 to bfloat16 rounding.
+
+@pytest.fixture
+def amx_choice(monkeypatch):
+    """The engine chooses as on a CPU with AMX; whether bfloat16 weights can be packed is
+    still asked of the real CPU (oneDNN packs them only where it has bfloat16)."""
+    from geo_pix2pix import devices
+
+    native = devices.cpu_has_native_bf16()
+    monkeypatch.setattr(devices, "cpu_bf16_kind", lambda: "amx")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("width", [8, 16])
+@pytest.mark.parametrize("shape", [(3, 3, 256, 256), (1, 3, 512, 256)])
+def test_channels_last_engine_equals_generator(norm, width, shape):
+    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+
+    g = trained_like(GeneratorConfig(base_width=width, norm=norm))
+    x = torch.rand(*shape) * 2 - 1
+    engine = ChannelsLastUNet(g, dtype=torch.float32)
+    with torch.no_grad():
+        want, got = g(x), engine(x)
+    assert got.shape == want.shape and got.dtype == torch.float32 and got.is_contiguous()
+    assert float((got - want).abs().max()) < 1e-4
+    assert packing_available() == any(isinstance(m, PackedConv) for m in engine.modules())
+
+
+def test_channels_last_engine_without_packing(monkeypatch):
+    """Where oneDNN cannot pack (no oneDNN, bfloat16 on a CPU without it): plain channels-last convolutions."""
+    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+
+    monkeypatch.setattr("geo_pix2pix.engine_nhwc.packing_available", lambda: False)
+    g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
+    engine = ChannelsLastUNet(g, dtype=torch.float32)
+    assert not any(isinstance(m, PackedConv) for m in engine.modules())
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        assert float((engine(x) - g(x)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("cin, cout, size", [(5, 3, 7), (8, 6, 1)])
+def test_parity_major_conv_and_interleave_equal_transposed_conv(cin, cout, size):
+    from geo_pix2pix.engine_nhwc import interleave_into, parity_major_conv
+
+    torch.manual_seed(cin)
+    deconv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    x = torch.randn(2, cin, size, size + 2)
+    with torch.no_grad():
+        want = deconv(x)
+        z = parity_major_conv(deconv)(x)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            out = torch.empty(want.shape).contiguous(memory_format=layout)
+            assert float((interleave_into(z, out) - want).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_tile_norm_is_instance_norm_and_activation(slope):
+    from geo_pix2pix.engine_nhwc import TileNorm
+
+    torch.manual_seed(3)
+    norm = nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    x = (torch.randn(3, 6, 8, 4) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    act = nn.LeakyReLU(slope) if slope else nn.ReLU()
+    with torch.no_grad():
+        want = act(norm(x))
+        out = torch.empty(3, 10, 8, 4).contiguous(memory_format=torch.channels_last)[:, 2:8]
+        assert float((TileNorm(norm, slope)(x.clone(), out=out) - want).abs().max()) < 1e-5
+        assert float((TileNorm(norm, slope)(x.clone()) - want).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="running"):
+        TileNorm(nn.InstanceNorm2d(6, track_running_stats=True), 0.0)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_bfloat16_engine_follows_the_cpu(norm, amx_choice):
+    """--precision bf16 on a CPU with AMX runs the channels-last engine, elsewhere the
+    float32 engine's graph; both within bfloat16 rounding of the generator, on any CPU."""
+    from geo_pix2pix.engine import bfloat16_engine
+    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+
+    g = trained_like(GeneratorConfig(base_width=8, norm=norm))
+    assert isinstance(bfloat16_engine(g), ChannelsLastUNet)
+    assert isinstance(bfloat16_engine(g, cpu="avx512_bf16"), InferenceUNet)
+    assert isinstance(bfloat16_engine(g, cpu=None), InferenceUNet)
+    model = Pix2PixModel(g, precision="bf16")
+    tiles = np.random.default_rng(4).integers(0, 256, (3, 3, 256, 256), dtype=np.uint8)
+    with pytest.warns(UserWarning) if not cpu_has_native_bf16() else nullcontext():
+        got = run_batch(model, tiles)
+    assert isinstance(model.engine(), ChannelsLastUNet)
+    with torch.no_grad():
+        want = g(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
+    diff = np.abs(got - want)
+    assert got.dtype == np.float32 and 0 < diff.max() < 0.1 and diff.mean() < 0.01
+    assert all(p.dtype == torch.float32 for p in g.parameters())  # the generator is left as it was
+    # A tile's output does not depend on its batch-mates (the fixed compute chunk).
+    assert np.array_equal(run_batch(model, tiles[1:2]), got[1:2])
+
+
+def test_cpu_bf16_kind_reads_the_flags(monkeypatch):
+    from geo_pix2pix import devices
+
+    assert devices.cpu_bf16_kind() in ("amx", "avx512_bf16", None)
+    assert devices.cpu_has_native_bf16() == (devices.cpu_bf16_kind() is not None)
+    if not torch.backends.mkldnn.is_available():
+        return
+    cases = [({"avx2", "fma"}, None), ({"avx2", "avx512f", "avx512_bf16"}, "avx512_bf16"),
+             ({"avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}, "amx")]
+    for flags, kind in cases:
+        monkeypatch.setattr(devices, "cpu_flags", lambda f=frozenset(flags): f)
+        assert devices.cpu_bf16_kind.__wrapped__() == kind
