@@ -14,21 +14,27 @@ Figures (definitions in :mod:`metrics`), per method:
 - ``l1``, ``psnr``, ``ssim``: means over the tiles of the per-tile figures;
 - ``hist_distance``: colour-histogram distance of all outputs vs all real aerials;
 - ``sharpness_ratio``: mean neighbour difference of the outputs over that of the real
-  aerials (1.0 = as sharp as real imagery).
+  aerials (1.0 = as sharp as real imagery);
+- ``structure_ratio``: the structure score (:mod:`judge`): mean IoU of a segmentation
+  network trained on real aerials, reading the map's classes from the outputs, over the
+  mean IoU it reaches on the real aerials of the same tiles (1.0 = as much of the map's
+  structure as a photo shows); ``miou`` and ``road_iou`` are the outputs' own figures.
 
-The baselines (:mod:`baselines`) are fitted on the training split only, whichever
-split is scored.
+The baselines (:mod:`baselines`) and the judge are fitted on the training split only,
+whichever split is scored.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from . import judge as judging
 from . import metrics, regions
 from .baselines import MeanColour, PaletteLookup
 from .data import PairSource
@@ -38,7 +44,7 @@ from .mosaic import StripMosaic
 from .pipeline import ArrayReader, run_tiles, strip_tiles
 from .tiling import DEFAULT_OVERLAP, TileGrid
 
-__all__ = ["EVAL_SIZE", "Evaluation", "Scores", "evaluate", "format_table", "render_tiles", "resize"]
+__all__ = ["EVAL_SIZE", "Evaluation", "Scores", "Structure", "evaluate", "format_table", "render_tiles", "resize"]
 
 #: Height and width of the images scored.
 EVAL_SIZE = 256
@@ -57,6 +63,33 @@ class Scores:
     ssim: float
     hist_distance: float
     sharpness_ratio: float
+    structure_ratio: float | None = None  # None: not measured (structure=False)
+    miou: float | None = None
+    road_iou: float | None = None
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The judge's figures on the real aerials, and which judge it was."""
+
+    real_miou: float
+    real_road_iou: float
+    real_class_iou: dict[str, float]  # classes present in the scored maps
+    judge: Path  # its cache file
+    trained: bool  # trained by this evaluation (else read from the cache)
+    train_seconds: float  # wall clock
+    train_cpu_seconds: float
+    train_tiles: int
+    recipe: judging.JudgeRecipe
+
+    def to_dict(self) -> dict:
+        return {"real_miou": _json_number(self.real_miou), "real_road_iou": _json_number(self.real_road_iou),
+                "real_class_iou": {k: _json_number(v) for k, v in self.real_class_iou.items()},
+                "judge": str(self.judge), "judge_trained_now": self.trained,
+                "judge_train_seconds": _json_number(round(self.train_seconds, 1)),
+                "judge_train_cpu_seconds": _json_number(round(self.train_cpu_seconds, 1)),
+                "judge_train_tiles": self.train_tiles,
+                "judge_recipe": asdict(self.recipe)}
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,7 @@ class Evaluation:
     palette_cells: int  # quantised map colours seen in training
     overlap: int  # tile overlap the model was applied with (render's --overlap)
     grid: np.ndarray | None
+    structure: Structure | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -86,10 +120,13 @@ class Evaluation:
             "real_sharpness": round(self.real_sharpness, 6),
             "palette_cells_seen": self.palette_cells,
             "scores": {k: {f: _json_number(v) for f, v in asdict(s).items()} for k, s in self.scores.items()},
+            "structure": self.structure.to_dict() if self.structure else None,
         }
 
 
-def _json_number(v: float) -> float | str:
+def _json_number(v: float | None) -> float | str | None:
+    if v is None:
+        return None
     return round(v, 6) if math.isfinite(v) else str(v)  # JSON has no inf
 
 
@@ -173,10 +210,30 @@ def split_indices(source: PairSource, split: str, val_fraction: float,
     return scored, train
 
 
-def _pairs(source: PairSource, indices: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _pairs(source: PairSource, indices: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(map as read, map and aerial at the evaluation size) of each pair."""
     for i in indices:
         m, a = source.read(i)
-        yield resize(m), resize(a)
+        yield m, resize(m), resize(a)
+
+
+class _Judging:
+    """The structure score's confusion matrices, one per method and one for the real aerials."""
+
+    def __init__(self, net: judging.JudgeNet, size: int) -> None:
+        self.net, self.size = net, size
+        self.confusion = {name: judging.Confusion() for name in (*METHODS, "real")}
+
+    def add(self, maps: Sequence[np.ndarray], images: dict[str, np.ndarray]) -> None:
+        truth = np.stack([judging.judge_labels(m, self.size) for m in maps])
+        for name, batch in images.items():
+            seen = np.stack([judging.judge_image(img, self.size) for img in batch])
+            self.confusion[name].add(judging.segment(self.net, seen), truth)
+
+    def scores(self, name: str) -> dict[str, float]:
+        c, real = self.confusion[name], self.confusion["real"].miou()
+        return {"miou": c.miou(), "road_iou": float(c.iou()[judging.ROAD]),
+                "structure_ratio": c.miou() / real if real > 0 else float("nan")}
 
 
 def evaluate(
@@ -190,12 +247,18 @@ def evaluate(
     overlap: int = DEFAULT_OVERLAP,
     grid_tiles: int = 8,
     batch_images: int = 8,
+    structure: bool = True,
+    judge_recipe: judging.JudgeRecipe | None = None,
+    judge_cache: Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> Evaluation:
     """Score ``model`` and the baselines on ``split`` of ``source`` (see module docstring).
 
-    ``limit`` scores only the first N tiles of the split; ``progress(done, total)``
-    counts training tiles fitted, then tiles scored.
+    ``limit`` scores only the first N tiles of the split; ``structure=False`` skips the
+    structure score; the judge comes from ``judge_cache`` (default
+    :func:`judge.default_cache_dir`) or is trained there. ``progress(done, total)``
+    counts training tiles fitted, judge training steps (when it is trained), then tiles
+    scored.
     """
     if limit is not None and limit < 1:
         raise OptionError(f"--limit {limit} must be at least 1")
@@ -207,29 +270,48 @@ def evaluate(
     total = len(train) + len(scored)
     model.eval()
 
+    recipe = judge_recipe or judging.DEFAULT_RECIPE
+    judge_set = judging.JudgeSet(recipe.size) if structure else None
     mean, palette = MeanColour(), PaletteLookup()
-    for k, (m, a) in enumerate(_pairs(source, train), 1):
+    for k, (m_read, m, a) in enumerate(_pairs(source, train), 1):
         mean.update(m, a)
         palette.update(m, a)
+        if judge_set is not None:
+            judge_set.add(m_read, a)
         if progress is not None and (k % 16 == 0 or k == len(train)):
             progress(k, total)
     mean.finish()
     palette.finish()
 
+    done = len(train)
+    info = judges = None
+    if judge_set is not None:
+        def step(s: int, n: int) -> None:
+            if progress is not None and (s % 10 == 0 or s == n):
+                progress(len(train) + s, total + n)
+
+        net, info = judging.judge_for(judge_set, recipe, cache_dir=judge_cache, step_callback=step,
+                                      meta={"source": source.label(train[0]), "split_by": split_by,
+                                            "val_fraction": val_fraction})
+        judges = _Judging(net, recipe.size)
+        if info.trained:
+            done, total = done + recipe.steps, total + recipe.steps
+
     tallies = {name: _Tally() for name in (*METHODS, "real")}
     rows: list[np.ndarray] = []
-    done = len(train)
     pairs = _pairs(source, scored)
     for start in range(0, len(scored), batch_images):
         batch = [next(pairs) for _ in range(min(batch_images, len(scored) - start))]
-        maps = np.stack([m for m, _ in batch])
-        reals = np.stack([a for _, a in batch])
+        maps = np.stack([m for _, m, _ in batch])
+        reals = np.stack([a for _, _, a in batch])
         outputs = {"model": render_tiles(model, maps, overlap),
                    "palette_lookup": palette.predict(maps),
                    "mean_colour": mean.predict(maps)}
         for name, out in outputs.items():
             tallies[name].add(out, reals)
         tallies["real"].add(reals, reals)
+        if judges is not None:
+            judges.add([m for m, _, _ in batch], {**outputs, "real": reals})
         for i in range(min(grid_tiles - len(rows), len(batch))):
             rows.append(np.concatenate([maps[i], outputs["palette_lookup"][i], outputs["model"][i],
                                         reals[i]], axis=1))
@@ -238,24 +320,52 @@ def evaluate(
             progress(done, total)
 
     real = tallies["real"]
+    scores = {name: tallies[name].scores(real) for name in METHODS}
+    found = None
+    if judges is not None and info is not None:
+        scores = {name: replace(s, **judges.scores(name)) for name, s in scores.items()}
+        confusion = judges.confusion["real"]
+        iou = confusion.iou()
+        found = Structure(
+            real_miou=confusion.miou(), real_road_iou=float(iou[judging.ROAD]),
+            real_class_iou={c: float(iou[k]) for k, c in enumerate(regions.CLASSES) if confusion.present()[k]},
+            judge=info.path, trained=info.trained, train_seconds=info.train_seconds,
+            train_cpu_seconds=info.train_cpu_seconds, train_tiles=info.train_tiles,
+            recipe=recipe)
     return Evaluation(
-        scores={name: tallies[name].scores(real) for name in METHODS},
+        scores=scores,
         split=split, split_by=split_by, val_fraction=val_fraction, tiles=len(scored), train_tiles=len(train),
         real_sharpness=float(np.mean(real.sharp)), palette_cells=palette.seen_cells, overlap=overlap,
-        grid=np.concatenate(rows, axis=0) if rows else None,
+        grid=np.concatenate(rows, axis=0) if rows else None, structure=found,
     )
+
+
+def _cell(v: float | None, fmt: str) -> str:
+    return f"{'-':>8}" if v is None else format(v, fmt)
 
 
 def format_table(ev: Evaluation) -> str:
     """The scores as a plain-text table, one row per method."""
-    head = f"{'':16}{'L1':>8}{'PSNR':>8}{'SSIM':>8}{'hist':>8}{'sharp':>8}"
+    head = f"{'':16}{'L1':>8}{'PSNR':>8}{'SSIM':>8}{'hist':>8}{'sharp':>8}{'struct':>8}{'road':>8}"
     lines = [f"{ev.tiles} {ev.split} tiles (split by {ev.split_by}) at {EVAL_SIZE}×{EVAL_SIZE}, model rendered "
              f"with overlap {ev.overlap} (baselines fitted on {ev.train_tiles} training tiles)", head]
     labels = {"model": "model", "palette_lookup": "palette lookup", "mean_colour": "mean colour"}
     for name, s in ev.scores.items():
         lines.append(f"{labels.get(name, name):16}{s.l1:8.3f}{s.psnr:8.2f}{s.ssim:8.3f}"
-                     f"{s.hist_distance:8.3f}{s.sharpness_ratio:8.3f}")
+                     f"{s.hist_distance:8.3f}{s.sharpness_ratio:8.3f}"
+                     f"{_cell(s.structure_ratio, '8.3f')}{_cell(s.road_iou, '8.3f')}")
     lines.append("L1: 0-1 scale, lower is better; PSNR dB and SSIM: higher is better; hist: colour-"
                  "histogram distance to the real aerials, 0 = same colours; sharp: sharpness over "
                  "that of the real aerials, 1 = as sharp")
+    st = ev.structure
+    if st is None:
+        lines.append("struct, road: not measured (--no-structure)")
+    else:
+        took = f"{st.train_seconds:.0f} s ({st.train_cpu_seconds:.0f} s of CPU)"
+        how = f"trained now in {took}" if st.trained else f"read from the cache (trained in {took})"
+        lines.append(f"struct: the judge's mIoU of the map's classes ({', '.join(st.real_class_iou)}) on the "
+                     f"outputs over its mIoU on the real aerials ({st.real_miou:.3f}), 1 = as much structure as "
+                     f"a photo; road: road IoU on the outputs (real aerials: {st.real_road_iou:.3f})")
+        lines.append(f"judge: {st.recipe.size}×{st.recipe.size} segmenter trained on the {st.train_tiles} "
+                     f"training tiles' real aerials, {how}: {st.judge}")
     return "\n".join(lines)

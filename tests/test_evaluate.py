@@ -17,9 +17,9 @@ from geo_pix2pix.baselines import MeanColour, PaletteLookup
 from geo_pix2pix.checkpoints import save_checkpoint
 from geo_pix2pix.cli import main
 from geo_pix2pix.data import SideBySideFolder, TwoFolders
-from geo_pix2pix.regions import split_by
 from geo_pix2pix.evaluate import EVAL_SIZE, evaluate, format_table, render_tiles
 from geo_pix2pix.networks import Generator
+from geo_pix2pix.regions import split_by
 
 #: Map colour → aerial colour of the synthetic "world": water, park, road, buildings.
 PALETTE = {(170, 210, 240): (40, 70, 90), (200, 235, 190): (70, 110, 50),
@@ -105,7 +105,7 @@ def test_evaluate_scores_known_models(pair_folder, model, check):
     """map == aerial, so an identity model is perfect, a blur loses sharpness, a colour
     shift moves the histogram."""
     source = SideBySideFolder(pair_folder(same=True), direction="BtoA")
-    ev = evaluate(source, model, split="all", val_fraction=0.2, overlap=0, grid_tiles=0)
+    ev = evaluate(source, model, split="all", val_fraction=0.2, overlap=0, grid_tiles=0, structure=False)
     assert check(ev.scores["model"]), ev.scores["model"]
     assert ev.tiles == 20 and ev.grid is None
 
@@ -133,7 +133,7 @@ def test_baselines_in_evaluate_are_fitted_on_the_training_split(pair_folder):
     for by in ("region", "hash"):
         train, val = split_by(source, by, 0.25)
         ev = evaluate(source, torch.nn.Identity(), split="val", val_fraction=0.25, split_by=by, overlap=0,
-                      grid_tiles=0)
+                      grid_tiles=0, structure=False)
         assert (ev.tiles, ev.train_tiles, ev.split_by) == (len(val), len(train), by) and val
     s = ev.scores
     assert s["palette_lookup"].l1 < s["mean_colour"].l1
@@ -162,7 +162,7 @@ def test_fast_path_gives_the_pixels_of_render(tmp_path, tiny_generator, overlap)
 def test_pairs_are_resized_to_256_bicubic(pair_folder):
     folder = pair_folder(n=4, size=300)
     source = SideBySideFolder(folder, direction="BtoA")
-    ev = evaluate(source, torch.nn.Identity(), split="all", overlap=0, grid_tiles=2)
+    ev = evaluate(source, torch.nn.Identity(), split="all", overlap=0, grid_tiles=2, structure=False)
     assert ev.grid.shape == (2 * EVAL_SIZE, 4 * EVAL_SIZE, 3)
     m300 = np.asarray(Image.open(folder / source.names[0]))[:, 300:]
     expected = np.asarray(Image.fromarray(m300).resize((256, 256), Image.Resampling.BICUBIC))
@@ -186,7 +186,7 @@ def test_cli_evaluate_writes_json_and_grid(pair_folder, tmp_path, weights):
     folder = pair_folder(n=20)
     out_json, out_grid = tmp_path / "scores.json", tmp_path / "grid.png"
     args = ("-q", "evaluate", folder, "--weights", weights, "--device", "cpu", "--split", "val",
-            "--val-fraction", "0.3", "--json", out_json, "--grid", out_grid, "--grid-tiles", 3)
+            "--val-fraction", "0.3", "--json", out_json, "--grid", out_grid, "--grid-tiles", 3, "--no-structure")
     result = run(*args)
     assert result.exit_code == 0, result.output
     for name in ("model", "palette lookup", "mean colour", "SSIM", "sharp"):
@@ -194,11 +194,15 @@ def test_cli_evaluate_writes_json_and_grid(pair_folder, tmp_path, weights):
     record = json.loads(out_json.read_text())
     _, val = split_by(SideBySideFolder(folder), "region", 0.3)
     assert record["tiles"] == len(val) >= 3
-    assert record["split"] == "val" and record["split_by"] == "region" and record["image_size"] == 256 and record["overlap"] == 64
+    assert record["split"] == "val" and record["split_by"] == "region"
+    assert record["image_size"] == 256 and record["overlap"] == 64
     assert record["model"]["steps"] == 7 and record["model"]["weights"] == str(weights)
     assert set(record["scores"]) == {"model", "palette_lookup", "mean_colour"}
+    assert record["structure"] is None
     for scores in record["scores"].values():
-        assert set(scores) == {"l1", "psnr", "ssim", "hist_distance", "sharpness_ratio"}
+        assert set(scores) == {"l1", "psnr", "ssim", "hist_distance", "sharpness_ratio", "structure_ratio", "miou",
+                               "road_iou"}
+        assert scores["structure_ratio"] is None
         assert 0 <= scores["l1"] <= 1 and 0 <= scores["hist_distance"] <= 1
     assert record["scores"]["mean_colour"]["sharpness_ratio"] == 0
     with Image.open(out_grid) as grid:
@@ -220,15 +224,15 @@ def test_cli_evaluate_two_folders_with_limit(tmp_path, weights):
     assert len(TwoFolders(tmp_path / "d" / "map", tmp_path / "d" / "aerial")) == 6
     out_json = tmp_path / "s.json"
     result = run("-q", "evaluate", tmp_path / "d", "--layout", "folders", "--weights", weights,
-                 "--split", "all", "--limit", 4, "--overlap", 0, "--json", out_json)
+                 "--split", "all", "--limit", 4, "--overlap", 0, "--json", out_json, "--no-structure")
     assert result.exit_code == 0, result.output
     assert json.loads(out_json.read_text())["tiles"] == 4
 
 
 def test_cli_evaluate_empty_split_is_a_one_line_error(pair_folder, weights):
-    result = run("evaluate", pair_folder(n=3), "--weights", weights, "--val-fraction", "0")
+    result = run("evaluate", pair_folder(n=3), "--weights", weights, "--val-fraction", "0", "--no-structure")
     assert result.exit_code == 1
     assert "split" in result.output and "Traceback" not in result.output
     bad_overlap = run("evaluate", pair_folder(n=3, name="b"), "--weights", weights, "--split", "all",
-                      "--overlap", 256)
+                      "--overlap", 256, "--no-structure")
     assert bad_overlap.exit_code == 1 and "--overlap 256" in bad_overlap.output
