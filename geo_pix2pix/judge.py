@@ -1,7 +1,7 @@
 """The structure score's judge: a small segmentation network trained on real aerials.
 
 pix2pix (Isola et al., "Image-to-Image Translation with Conditional Adversarial
-Networks", CVPR 2017, section 4.2) scores labels → photo models with an "FCN-score":
+Networks", CVPR 2017, section 4.1) scores labels → photo models with an "FCN-score":
 an off-the-shelf semantic segmenter (FCN-8s, trained on real Cityscapes photos)
 segments the generated photos, and its per-pixel accuracy, per-class accuracy and
 class IoU against the input labels say how recognisable the generated scene is; the
@@ -14,9 +14,10 @@ What differs from the paper, and why:
 
 - The segmenter is not off the shelf (there is none for these classes): :class:`JudgeNet`
   is trained here, on the real aerials of the evaluation's *training* split only, so
-  it never saw the scored places. It is a small U-Net at output stride 2 (three
-  stride-2 stages, 16-32-64-128 channels, logits upsampled bilinearly to 128 × 128)
-  rather than FCN-8s: it has to train in a few minutes on a laptop-class CPU.
+  it never saw the scored places. It is a small U-Net at output stride 2 (four
+  stride-2 stages of 16-32-64-128 channels, 0.44 M parameters, logits upsampled
+  bilinearly to 128 × 128) rather than FCN-8s: it has to train in a few minutes on
+  a 2-core CPU.
 - Images are judged at 128 × 128 (the 256 × 256 evaluation images resized, PIL bicubic
   with antialiasing; labels are the map shrunk by nearest neighbour, then classified).
 - Cross-entropy is weighted by 1/sqrt(class frequency): mIoU weighs the four classes
