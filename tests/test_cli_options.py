@@ -29,6 +29,7 @@ REQUIRED = {
     "export-onnx": ["DST.onnx"],
     "tiles": ["SRC", "DEST", "--zoom", "3"],
     "osm-map": ["SRC.osm.pbf", "DST.tif"],
+    "serve": ["SRC"],
 }
 
 
@@ -66,7 +67,8 @@ def test_every_numeric_option_is_checked():
     assert unchecked == []
     found = {(cmd, opt) for cmd, opt, _ in numeric_options()}
     assert {("train", "--lr"), ("train", "--width"), ("train", "--d-width"), ("train", "--checkpoint-every"),
-            ("render", "--batch-size"), ("tiles", "--quality"), ("osm-map", "--resolution")} <= found
+            ("render", "--batch-size"), ("tiles", "--quality"), ("osm-map", "--resolution"),
+            ("serve", "--port"), ("serve", "--workers")} <= found
 
 
 @pytest.mark.parametrize("command,option,kind", list(numeric_options()), ids=lambda v: v if isinstance(v, str) else "")
