@@ -1,17 +1,13 @@
 """Keep freed memory in the process while rendering or training (glibc).
 
-A batch of eight 256² tiles makes activations of 12 to 67 MB per layer, and a training
-step frees and makes again gradients of up to 33 MB per weight. glibc's ``malloc``
-serves blocks that large with ``mmap`` and gives them back to the kernel when they are
-freed, so every batch touches fresh pages, and every page fault zeroes 4 KiB: writing
-a fresh 33 MB matrix product took 12 ms against 4 ms into memory already held.
+Batches of 256² tiles make activations and gradients of tens of MB per layer. glibc's
+``malloc`` serves blocks that large with ``mmap`` and gives them back to the kernel when
+they are freed, so every batch touches fresh pages, and every page fault zeroes 4 KiB.
 
 :func:`kept_heap` tells glibc to serve every block from its heap and keep what is
 freed there, for as long as the work runs; on leaving it sets glibc's settings back
-(see ``_LEFT_MMAP_THRESHOLD``) and hands the free memory back (``malloc_trim``). Measured in one process
-(``benchmarks/model_throughput.py``, ``docs/performance.md``): the paper-width engine
-at batch 8 15.1 → 17.0 tiles/s, the default model's 60 → 66; a paper-width training
-step about 3 % faster. Peak memory is the same (the same blocks, reused instead of remapped).
+(see ``_LEFT_MMAP_THRESHOLD``) and hands the free memory back (``malloc_trim``). What
+it gains, and that peak memory stays the same, is measured in ``docs/performance.md``.
 
 It changes ``malloc`` settings of the whole process (a QGIS session included) while
 active; nested and concurrent uses share one setting, restored when the last one

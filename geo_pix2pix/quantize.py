@@ -13,9 +13,8 @@ output depends on its batch-mates. The activation ranges come from map tiles:
 3. :func:`quantize` rebuilds the observed graph, loads the stored state and converts:
    no calibration data is needed where the model runs.
 
-Measured on the 2-core AMD EPYC development machine (``benchmarks/model_throughput.py``,
-``docs/performance.md``): see there for the throughput against the reference; the
-default model's validation L1 moved by −0.0003 and SSIM by −0.0026.
+Its speed and its effect on quality are measured in ``docs/performance.md`` and
+``docs/model-card.md`` (``benchmarks/model_throughput.py``).
 """
 
 from __future__ import annotations
