@@ -55,7 +55,7 @@ from .networks import Generator
 COMPUTE_CHUNK = 8
 
 __all__ = ["COMPUTE_CHUNK", "ChannelsLast", "InferenceUNet", "PackedConv", "ParityInterleave", "SubPixelDeconv",
-           "bfloat16_engine", "fold_batch_norm", "packing_available", "prefers_channels_last"]
+           "bfloat16_engine", "float32_engine", "fold_batch_norm", "packing_available", "prefers_channels_last"]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,6 +341,27 @@ class InferenceUNet(nn.Module):
         return y if self.dtype == torch.float32 else y.float()
 
 
+def _amx_engine(gen: Generator, cpu: str | None, dtype: torch.dtype) -> nn.Module | None:
+    """:class:`engine_nhwc.ChannelsLastUNet` where ``cpu`` (``"auto"``: :func:`devices.cpu_bf16_kind`)
+    is ``"amx"`` and the generator is on the CPU, else None."""
+    if cpu == "auto":
+        cpu = devices.cpu_bf16_kind()
+    if cpu != "amx" or next(gen.parameters()).device.type != "cpu":
+        return None
+    from .engine_nhwc import ChannelsLastUNet
+
+    return ChannelsLastUNet(gen, dtype=dtype)
+
+
+def float32_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
+    """The engine of ``gen`` in float32 (``--precision fp32``, the default), its layout chosen
+    by the CPU as in :func:`bfloat16_engine`: on a CPU with AMX the channels-last engine
+    (whose float32 convolutions oneDNN runs on AVX-512: the default model 1.3× the
+    :class:`InferenceUNet` there, the paper width the same, ``docs/performance.md``);
+    elsewhere :class:`InferenceUNet`, as measured on a Zen 4."""
+    return _amx_engine(gen, cpu, torch.float32) or InferenceUNet(gen)
+
+
 def bfloat16_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
     """The engine of ``gen`` in bfloat16 (``--precision bf16``): float32 tiles in and
     out, bfloat16 weights and activations in between (validation split, default model:
@@ -358,11 +379,5 @@ def bfloat16_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
       (BatchNorm) models keep the transposed convolutions and, where oneDNN can reorder
       bfloat16 weights, have them packed.
     """
-    if cpu == "auto":
-        cpu = devices.cpu_bf16_kind()
-    on_cpu = next(gen.parameters()).device.type == "cpu"
-    if cpu == "amx" and on_cpu:
-        from .engine_nhwc import ChannelsLastUNet
-
-        return ChannelsLastUNet(gen, dtype=torch.bfloat16)
-    return InferenceUNet(gen, subpixel_decoder=not prefers_channels_last(gen), dtype=torch.bfloat16)
+    return (_amx_engine(gen, cpu, torch.bfloat16)
+            or InferenceUNet(gen, subpixel_decoder=not prefers_channels_last(gen), dtype=torch.bfloat16))

@@ -6,8 +6,8 @@ the tile multiple, an identity hash for caches). ``load_model()`` with no path l
 the default model shipped inside the package; nothing is downloaded.
 
 Calling a :class:`Pix2PixModel` without autograd (as :func:`run_batch` does) runs the
-inference engine (:class:`engine.InferenceUNet`: BatchNorm folded, channels-last, a
-sub-pixel last layer), built from the generator on first use and rebuilt whenever the
+inference engine (:func:`engine.float32_engine`: BatchNorm folded, channels-last, a
+sub-pixel last layer; its layout chosen by the CPU), built from the generator on first use and rebuilt whenever the
 generator's weights or device change; with autograd on it runs the generator itself.
 
 Inference mode (see ``networks`` for the reasons): dropout off, and normalisation as
@@ -32,7 +32,7 @@ from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint
 from .devices import autocast, cpu_has_native_bf16, resolve_device
-from .engine import COMPUTE_CHUNK, InferenceUNet, bfloat16_engine
+from .engine import COMPUTE_CHUNK, bfloat16_engine, float32_engine
 from .errors import CheckpointError, DeviceError, OptionError
 from .networks import Generator
 
@@ -121,7 +121,7 @@ class Pix2PixModel(nn.Module):
                                       "fp32 here", stacklevel=2)
                     engine = bfloat16_engine(self.generator.eval())
                 else:
-                    engine = InferenceUNet(self.generator.eval())
+                    engine = float32_engine(self.generator.eval())
                 if key[0].type == "cuda":
                     torch.backends.cudnn.benchmark = True  # fixed chunk shape: tuned once
             self.__dict__["_engine"] = cached = (key, engine)

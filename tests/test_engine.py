@@ -382,3 +382,18 @@ def test_cpu_bf16_kind_reads_the_flags(monkeypatch):
     for flags, kind in cases:
         monkeypatch.setattr(devices, "cpu_flags", lambda f=frozenset(flags): f)
         assert devices.cpu_bf16_kind.__wrapped__() == kind
+
+
+def test_float32_engine_follows_the_cpu(amx_choice):
+    from geo_pix2pix.engine import float32_engine
+    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+
+    g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
+    assert isinstance(float32_engine(g, cpu="avx512_bf16"), InferenceUNet)
+    model = Pix2PixModel(g)
+    tiles = np.random.default_rng(5).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    got = run_batch(model, tiles)
+    assert isinstance(model.engine(), ChannelsLastUNet) and model.engine().dtype == torch.float32
+    with torch.no_grad():
+        want = g(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
+    assert np.abs(got - want).max() < 1e-4
