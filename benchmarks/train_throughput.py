@@ -14,14 +14,17 @@ One process, same networks (same initial weights), same batch, same data pipelin
   hardware) and as ``train --no-amp`` runs it (float32 throughout).
 
 Models: ``default`` (the shipped model's shapes: G width 24, D width 32, instance
-norm, batch 4) and ``paper`` (G width 64, D width 64, BatchNorm, batch 1).
+norm, batch 4), ``g32`` and ``g64`` (the same recipe with G and D 32 or 64 wide: the
+wider generators the model-quality work may choose) and ``paper`` (G width 64, D width
+64, BatchNorm, batch 1).
 
-It also prints the work of one step (forward and backward, counted by
+It prints the CPU and its flags, the work of one step (forward and backward, counted by
 ``torch.utils.flop_counter``), the GFLOP/s each way achieves and its share of the
-machine's fp32 matrix-product rate measured in the same rounds: how much room a faster
-step could have on this machine at all.
+machine's matrix-product rate of the step's precision (fp32, or bf16 for the mixed
+step), measured in the same rounds: how much room a faster step could have on this
+machine at all. ``--threads 1`` measures one core.
 
-    python benchmarks/train_throughput.py [--models default paper] [--seconds 20] [--rounds 2]
+    python benchmarks/train_throughput.py [--models default paper] [--seconds 20] [--rounds 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from geo_pix2pix import devices
 from geo_pix2pix.data import PairSource
 from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
@@ -49,6 +53,8 @@ from model_throughput import ReferenceUNet, matmul_gflops, rate  # noqa: E402
 SETUPS = {
     "default": (GeneratorConfig(base_width=24, norm="instance"),
                 DiscriminatorConfig(base_width=32, norm="instance"), 4),
+    "g32": (GeneratorConfig(base_width=32, norm="instance"), DiscriminatorConfig(base_width=32, norm="instance"), 4),
+    "g64": (GeneratorConfig(base_width=64, norm="instance"), DiscriminatorConfig(base_width=64, norm="instance"), 4),
     "paper": (GeneratorConfig(), DiscriminatorConfig(), 1),
 }
 
@@ -102,7 +108,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["default", "paper"], choices=sorted(SETUPS))
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"CPU: {devices.cpu_description()}; bfloat16: {devices.cpu_bf16_kind() or 'emulated'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds × {args.seconds:g} s per figure (median shown)")
     for name in args.models:
@@ -124,22 +134,29 @@ def main() -> None:
             rates: dict[str, list[float]] = {"reference recipe": [], label: []}
             if mixed:
                 rates["Trainer.step (float32, --no-amp)"] = []
-            peaks = []
+            peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
             for _ in range(args.rounds):
-                peaks.append(matmul_gflops(args.seconds / 4))
+                peaks["fp32"].append(matmul_gflops(args.seconds / 4))
+                peaks["bf16"].append(matmul_gflops(args.seconds / 4, torch.bfloat16))
                 rates["reference recipe"].append(rate(ref, 1, args.seconds))
                 with kept_heap():  # as Trainer.fit runs its steps
                     rates[label].append(rate(trainer.step, 1, args.seconds))
                     if mixed:
                         rates["Trainer.step (float32, --no-amp)"].append(rate(fp32.step, 1, args.seconds))
-        r_ref, peak = statistics.median(rates["reference recipe"]), statistics.median(peaks)
+        r_ref = statistics.median(rates["reference recipe"])
+        peak = {k: statistics.median(v) for k, v in peaks.items()}
         print(f"\n{name}: G width {gconf.base_width}, D width {dconf.base_width}, {gconf.norm} norm, batch {batch}; "
-              f"{gflop:.1f} GFLOP per step; fp32 2048² matrix product: {peak:.0f} GFLOP/s")
-        for label, rs in rates.items():
+              f"{gflop:.1f} GFLOP per step; 2048² matrix product: fp32 {peak['fp32']:.0f}, "
+              f"bf16 {peak['bf16']:.0f} GFLOP/s")
+        for way, rs in rates.items():
             r = statistics.median(rs)
-            print(f"  {label:34s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}  {r * gflop:6.1f} GFLOP/s "
-                  f"({100 * r * gflop / peak:5.1f} % of matmul)   rounds: {', '.join(f'{x:.3f}' for x in rs)}")
-
+            precision = "bf16" if "bfloat16" in way else "fp32"
+            print(f"  {way:34s} {r:6.3f} steps/s  ×{r / r_ref:4.2f}  {r * gflop:6.1f} GFLOP/s "
+                  f"({100 * r * gflop / peak[precision]:5.1f} % of {precision} matmul)   "
+                  f"rounds: {', '.join(f'{x:.3f}' for x in rs)}")
+        if mixed:
+            f32 = statistics.median(rates["Trainer.step (float32, --no-amp)"])
+            print(f"  bfloat16 mixed step: ×{statistics.median(rates[label]) / f32:.2f} the float32 step")
 
 if __name__ == "__main__":
     main()
