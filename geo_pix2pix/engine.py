@@ -29,9 +29,12 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
 - **In-place activations**, no dropout, no autograd.
 - **bfloat16, on request** (:func:`bfloat16_engine`, ``--precision bf16``). On a CPU that
   multiplies bfloat16 in hardware (AVX512-BF16 or AMX) oneDNN's bfloat16 convolutions
-  run at about twice the float32 rate: the default model 68 → 122 tiles/s against the
-  float32 engine, the paper width 17 → 33; outputs differ from float32 by about 0.7
-  grey levels on average, at most about 12 (``benchmarks/model_throughput.py``).
+  run at twice the float32 rate or more; outputs differ from float32 by about 0.7 grey
+  levels on average, at most about 12 (``benchmarks/model_throughput.py``).
+
+These choices were measured on a Zen 4 (AVX512-BF16, no AMX). On a CPU with AMX,
+:func:`float32_engine` and :func:`bfloat16_engine` build :mod:`engine_nhwc`'s
+channels-last engine instead, chosen by the CPU's flags (:func:`devices.cpu_bf16_kind`).
 
 The engine is an inference-only snapshot: it copies the weights when built.
 :class:`~geo_pix2pix.model.Pix2PixModel` builds it lazily and rebuilds it when the
@@ -355,10 +358,10 @@ def _amx_engine(gen: Generator, cpu: str | None, dtype: torch.dtype) -> nn.Modul
 
 def float32_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
     """The engine of ``gen`` in float32 (``--precision fp32``, the default), its layout chosen
-    by the CPU as in :func:`bfloat16_engine`: on a CPU with AMX the channels-last engine
-    (whose float32 convolutions oneDNN runs on AVX-512: the default model 1.3× the
-    :class:`InferenceUNet` there, the paper width the same, ``docs/performance.md``);
-    elsewhere :class:`InferenceUNet`, as measured on a Zen 4."""
+    by the CPU as in :func:`bfloat16_engine`: on a CPU with AMX the channels-last engine,
+    which measured faster there than :class:`InferenceUNet` for InstanceNorm models and as
+    fast for BatchNorm ones (``docs/performance.md``); elsewhere :class:`InferenceUNet`, as
+    measured on a Zen 4."""
     return _amx_engine(gen, cpu, torch.float32) or InferenceUNet(gen)
 
 
