@@ -262,7 +262,7 @@ class _Block(nn.Module):
 def prefers_channels_last(gen: nn.Module) -> bool:
     """Whether the engine of ``gen`` runs channels-last: where every norm folds away.
     InstanceNorm on channels-last tensors reorders them to NCHW and back, which costs
-    more than it saves (default model: 55 vs 62 tiles/s, benchmarks/model_throughput.py)."""
+    more than it saves on CPUs without AMX (``docs/performance.md``)."""
     return not any(isinstance(m, nn.InstanceNorm2d) for m in gen.modules())
 
 

@@ -7,10 +7,8 @@ multiple, the source checkpoint's identity). ``--weights out.onnx`` then runs it
 onnxruntime's CPU execution provider wherever a checkpoint is accepted (render, tiles,
 evaluate, the Python API).
 
-Measured on the 2-core AMD EPYC development machine, batch 8: called directly, onnxruntime
-ran the default model 13 % faster than the PyTorch engine; through render's path
-(``run_batch``) 5–25 % slower; the paper-width generator 4–7 % slower either way
-(``docs/performance.md``). An opt-in for machines where it measures faster.
+It is not faster than the PyTorch engine through render's path on the CPUs measured
+(``docs/performance.md``): an opt-in for machines where it measures faster.
 """
 
 from __future__ import annotations

@@ -258,9 +258,7 @@ class Trainer:
     @property
     def _fused_adam(self) -> bool | None:
         """Adam's fused kernel where PyTorch has one (CPU, CUDA): the same update in one
-        pass over each tensor instead of about ten. On the CPU it took Adam from 173 to
-        27 ms per step for the paper-width G and D (57 M parameters), 17 % of a batch-1
-        step (``benchmarks/train_throughput.py``)."""
+        pass over each tensor instead of about ten (gain measured in ``docs/performance.md``)."""
         if self.device.type == "cuda" or (self.device.type == "cpu" and _TORCH_VERSION >= (2, 4)):
             return True  # PyTorch has a fused CPU Adam from 2.4 on
         return None
