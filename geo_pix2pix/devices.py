@@ -82,10 +82,10 @@ def cpu_description() -> str:
 
 @functools.cache
 def cpu_bf16_kind() -> str | None:
-    """How this CPU multiplies bfloat16, read once: ``"amx"`` (AMX-BF16 tiles, Xeons of the
-    Sapphire Rapids class and later), ``"avx512_bf16"`` (AVX512-BF16 dot products, e.g. Zen 4
-    and Cooper Lake), or None (AVX2 and others: oneDNN emulates bfloat16, more slowly than
-    float32). None too where PyTorch has no oneDNN. The engine picks its layout by it
+    """How this CPU multiplies bfloat16, read once: ``"amx"`` (AMX-BF16 tiles, recent Xeons),
+    ``"avx512_bf16"`` (AVX512-BF16 dot products, recent AMD and Intel server CPUs), or None
+    (AVX2 and others: oneDNN emulates bfloat16, more slowly than float32). None too where
+    PyTorch has no oneDNN. The engine picks its layout by it
     (:func:`engine.bfloat16_engine`); figures per CPU in ``docs/performance.md``."""
     if not torch.backends.mkldnn.is_available():
         return None

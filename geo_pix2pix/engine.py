@@ -11,8 +11,8 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
   itself and stays.
 - **Channels-last memory format** when no norm layer is left (BatchNorm models).
   oneDNN's (and cuDNN's) fastest convolution kernels work on NHWC; with NCHW tensors
-  every layer reorders its input and output: +20 % on the paper-width generator on a
-  2-core AMD EPYC. InstanceNorm models stay NCHW, where InstanceNorm is fast.
+  every layer reorders its input and output (gain in ``docs/performance.md``).
+  InstanceNorm models stay NCHW, where InstanceNorm is fast.
 - **The last layer as a sub-pixel convolution** (:class:`SubPixelDeconv`). A stride-2
   transposed convolution to 3 channels runs at a fraction of the machine's rate (its
   output has so few channels that the matrix products are thin). The same function is
@@ -32,7 +32,7 @@ measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.m
   run at twice the float32 rate or more; outputs differ from float32 by about 0.7 grey
   levels on average, at most about 12 (``benchmarks/model_throughput.py``).
 
-These choices were measured on a Zen 4 (AVX512-BF16, no AMX). On a CPU with AMX,
+These choices were measured on a CPU with AVX512-BF16 and no AMX. On a CPU with AMX,
 :func:`float32_engine` and :func:`bfloat16_engine` build :mod:`engine_nhwc`'s
 channels-last engine instead, chosen by the CPU's flags (:func:`devices.cpu_bf16_kind`).
 
@@ -361,7 +361,7 @@ def float32_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
     by the CPU as in :func:`bfloat16_engine`: on a CPU with AMX the channels-last engine,
     which measured faster there than :class:`InferenceUNet` for InstanceNorm models and as
     fast for BatchNorm ones (``docs/performance.md``); elsewhere :class:`InferenceUNet`, as
-    measured on a Zen 4."""
+    measured without AMX."""
     return _amx_engine(gen, cpu, torch.float32) or InferenceUNet(gen)
 
 
@@ -376,8 +376,8 @@ def bfloat16_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
 
     - ``"amx"``: :class:`engine_nhwc.ChannelsLastUNet`, every layer channels-last with
       packed weights and a sub-pixel decoder, the layout oneDNN's AMX kernels work in;
-    - otherwise (AVX512-BF16, or emulated) the float32 engine's graph, as measured on a
-      Zen 4: NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2
+    - otherwise (AVX512-BF16, or emulated) the float32 engine's graph, as measured
+      without AMX: NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2
       convolutions oneDNN runs faster in bfloat16 than its transposed ones; channels-last
       (BatchNorm) models keep the transposed convolutions and, where oneDNN can reorder
       bfloat16 weights, have them packed.

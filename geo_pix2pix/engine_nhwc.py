@@ -2,7 +2,7 @@
 
 Intel's AMX tiles multiply bfloat16 at several times the AVX-512 rate, and oneDNN's AMX
 convolutions (``brg_conv_fwd:…_amx``) read and write NHWC tensors. The choices of
-:class:`engine.InferenceUNet`, measured on a Zen 4 without AMX, leave InstanceNorm models
+:class:`engine.InferenceUNet`, measured on a CPU without AMX, leave InstanceNorm models
 (the default model) in NCHW, with weights unpacked: on AMX every convolution then
 reorders its input, its output and its weight on every call, which cost more than the
 multiplications (``docs/performance.md``, Xeon section). :class:`ChannelsLastUNet`
