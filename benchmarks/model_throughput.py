@@ -55,7 +55,7 @@ from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.model import Pix2PixModel, run_batch
 from geo_pix2pix.networks import Generator, GeneratorConfig, gflop_per_tile
 from geo_pix2pix.quantize import calibrate
-from geo_pix2pix.raster import map_tiles
+from geo_pix2pix.io.read import map_tiles
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_tiles" / "helsinki_map.tif"
 

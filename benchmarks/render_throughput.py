@@ -40,11 +40,11 @@ import torch
 from rasterio.windows import Window
 
 import geo_pix2pix
-from geo_pix2pix import pipeline
+from geo_pix2pix.grid import core
+from geo_pix2pix.grid.tiling import TileGrid
 from geo_pix2pix.heap import kept_heap
+from geo_pix2pix.io.write import RENDER_COMPRESSION
 from geo_pix2pix.model import PRECISIONS, run_batch
-from geo_pix2pix.raster import RENDER_COMPRESSION
-from geo_pix2pix.tiling import TileGrid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_throughput import SAMPLE, ReferenceUNet  # noqa: E402
@@ -64,13 +64,13 @@ def make_input(path: Path, size: int) -> None:
 
 
 class ModelClock:
-    """Wraps pipeline.run_batch to add up the time spent in the model."""
+    """Wraps the tile core's run_batch to add up the time spent in the model."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
 
     def __enter__(self):
-        self.inner = pipeline.run_batch
+        self.inner = core.run_batch
 
         def timed(*a, **k):
             t0 = time.perf_counter()
@@ -79,11 +79,11 @@ class ModelClock:
             finally:
                 self.seconds += time.perf_counter() - t0
 
-        pipeline.run_batch = timed
+        core.run_batch = timed
         return self
 
     def __exit__(self, *exc):
-        pipeline.run_batch = self.inner
+        core.run_batch = self.inner
 
 
 def reference_loop(src: Path, dst: Path, ref: torch.nn.Module) -> None:

@@ -25,6 +25,7 @@ cast back to float32 on load.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,13 @@ from typing import Any
 
 import torch
 
-from .atomic import replacing
 from .errors import CheckpointError
+from .io.atomic import replacing
 from .memory import meta_module
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
-__all__ = ["Checkpoint", "export_checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Checkpoint", "export_checkpoint", "file_hash", "load_checkpoint", "save_checkpoint", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT = "geo-pix2pix-checkpoint"
 FORMAT_VERSION = 1
@@ -179,6 +181,15 @@ def save_checkpoint(
     with replacing(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes: a model's identity in caches and output tags."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -7,6 +7,7 @@ fix are printed as one line (``Error: …``) with exit code 1; ``-v`` adds trace
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -168,6 +169,20 @@ FRACTION = Number(float, 0, 1, hi_open=True, hint="the default is 0.1")
 GROUND_RESOLUTION = Number(float, 1e-3, 1e5, hint="metres per pixel, e.g. 2.12")
 
 
+def _kept_heap(command):
+    """Run ``command`` with freed memory kept in the heap (:func:`heap.kept_heap`), restored on
+    exit: the library leaves the process's allocator alone; the CLI tunes it for the user."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from .heap import kept_heap
+
+        with kept_heap():
+            return command(*args, **kwargs)
+
+    return run
+
+
 def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
     from tqdm import tqdm
 
@@ -203,6 +218,7 @@ def _progress_bar(ctx: click.Context, desc: str, unit: str = "tile"):
                    "about 6 % of a 4096² render, for output that is only an intermediate step.")
 @scheduler_opt
 @click.pass_context
+@_kept_heap
 def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overwrite, bands, model_grid, cog,
            compress, overviews, scheduler):
     """Render the map raster SRC into a synthetic aerial image DST.
@@ -312,6 +328,7 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
                    "(AVX512-BF16, AMX; about 1.5× faster there). --no-amp: float32 throughout.")
 @device_opt
 @click.pass_context
+@_kept_heap
 def train(ctx, data, out_dir, layout, direction, aerial, preset, resume, device, **options):
     """Train a pix2pix model on paired map/aerial data; checkpoints go to OUT_DIR.
 
@@ -498,7 +515,7 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by
     from .evaluate import evaluate as evaluate_fn
     from .evaluate import format_table
     from .model import load_model
-    from .tiling import DEFAULT_OVERLAP
+    from .grid.tiling import DEFAULT_OVERLAP
 
     json_file, grid_file = _check_new_file(json_path, overwrite), _check_new_file(grid_path, overwrite)
     source = _pair_source(layout, data, direction, aerial)
@@ -561,7 +578,7 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, bands,
     src_weights = weights or default_model_path()
     model = load_model(src_weights, "cpu")
     if layout == "maps":
-        from .raster import map_tiles
+        from .io.read import map_tiles
 
         per_map = -(-max_tiles // len(data))  # each map's share, read evenly spread over it
         tiles = [t for path in data for t in map_tiles(path, bands=bands, limit=per_map)]
@@ -653,6 +670,7 @@ def export_onnx(ctx, dst, weights, overwrite):
 @click.option("--webviewer", is_flag=True,
               help="XYZ DEST: also write index.html, a map page of the tiles that works offline (Leaflet inside).")
 @click.pass_context
+@_kept_heap
 def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
           force, no_model, bands, name, attribution, url_base, max_tiles, weights, device, precision, overwrite,
           scheduler, webviewer):
@@ -818,6 +836,7 @@ def qgis_install_plugin(ctx, profile_dir, overwrite):
 @device_opt
 @precision_opt
 @click.pass_context
+@_kept_heap
 def serve(ctx, source, cache, host, port, zoom, bbox, fmt, quality, buffer, render_zoom, workers, queue_size, bands,
           weights, device, precision):
     """Serve synthetic aerial XYZ tiles of map SOURCE live, with a web viewer, until Ctrl-C.

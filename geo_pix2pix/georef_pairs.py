@@ -39,8 +39,9 @@ from rasterio.vrt import WarpedVRT
 
 from .data import PairSource
 from .errors import DatasetError, ResolutionWarning
-from .raster import MapRaster, ground_resolution, open_map_raster
-from .tiling import Chip, TileGrid
+from .geodesy import ground_resolution
+from .grid.tiling import Chip, TileGrid
+from .io.read import MapRaster, open_map_raster
 
 log = logging.getLogger(__name__)
 

@@ -366,7 +366,7 @@ def osm_map(src: str | os.PathLike, dst: str | os.PathLike, *, resolution: float
     import rasterio.warp
     from rasterio.windows import Window
 
-    from .raster import GTIFF_OPTIONS, atomic_output, check_output_path, open_output
+    from .io.write import GTIFF_OPTIONS, atomic_output, check_output_path, open_output
 
     dst_p = check_output_path(src, dst, overwrite)
     if dst_p.suffix.lower() not in (".tif", ".tiff"):

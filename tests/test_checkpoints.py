@@ -186,7 +186,7 @@ def test_a_killed_writers_temporary_is_swept_by_the_next_save(tmp_path):
     process's is left alone."""
     import subprocess
 
-    from geo_pix2pix.atomic import temp_name
+    from geo_pix2pix.io.atomic import temp_name
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -137,7 +137,7 @@ def test_cli_calibrate_then_render_int8(tmp_path, make_raster, calibrated):
 
 
 def test_calibration_reads_only_the_tiles_it_uses(make_raster):
-    from geo_pix2pix.raster import map_tiles
+    from geo_pix2pix.io.read import map_tiles
 
     data = map_like(1, seed=5, size=1024)[0]
     path = make_raster(1024, 1024, data=data)  # a 4 × 4 grid of tiles

@@ -140,8 +140,8 @@ def test_render_is_deterministic_across_runs(make_raster, tmp_path, tiny_generat
 
 def test_no_seams_at_tile_borders(make_raster, tmp_path):
     """Differences across tile borders are no larger than differences inside tiles."""
+    from geo_pix2pix.grid.tiling import TileGrid
     from geo_pix2pix.networks import Generator
-    from geo_pix2pix.tiling import TileGrid
 
     torch.manual_seed(0)
     gen = Generator(base_width=8, norm="instance").eval()
@@ -204,7 +204,7 @@ def test_ground_resolution_of_web_mercator_is_ground_metres():
     # 1 "metre" of EPSG:3857 at 60° N is 0.5 m on the ground.
     import mercantile
 
-    from geo_pix2pix.raster import ground_resolution
+    from geo_pix2pix.geodesy import ground_resolution
 
     x, y = mercantile.xy(25.0, 60.0)
     t = Affine(1.0, 0, x - 50, 0, -1.0, y + 50)
@@ -301,7 +301,8 @@ def test_unknown_compression_is_refused_before_any_work(make_raster, tmp_path, i
 def test_compression_levels_are_the_fast_ones(make_raster):
     """Level 1 for zstd and deflate: GDAL's defaults (9, 6) compress synthetic imagery
     no better at several times the CPU time (docs/performance.md)."""
-    from geo_pix2pix.raster import open_map_raster, output_profile
+    from geo_pix2pix.io.read import open_map_raster
+    from geo_pix2pix.io.write import output_profile
 
     with open_map_raster(make_raster(64, 64)) as raster:
         def profile(c):
@@ -318,11 +319,13 @@ def test_compression_levels_are_the_fast_ones(make_raster):
 def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
     """The writer thread (used when the model runs on a GPU or a cluster) gives the same
     pixels and mask as writing in the caller's thread, and re-raises its errors."""
-    from geo_pix2pix.raster import open_map_raster, open_output, output_profile
-    from geo_pix2pix.render import _BlockRowWriter
+    from geo_pix2pix.io.read import open_map_raster
+    from geo_pix2pix.io.write import _BlockRowWriter, open_output, output_profile
 
     src = make_raster(700, 300, nodata=nodata)
-    rows = np.random.default_rng(1).integers(0, 256, (3, 700, 300), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 256, (3, 700, 300), dtype=np.uint8)
+    valid = rng.random((700, 300)) > 0.1
     outputs = []
     with open_map_raster(src) as raster:
         for background in (False, True):
@@ -333,13 +336,15 @@ def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
                 writer = _BlockRowWriter(out, raster, background=background)
                 try:
                     for first in range(0, 700, 100):  # rows arrive in pieces that straddle blocks
-                        writer.add(first, rows[:, first : first + 100])
+                        writer.add(first, rows[:, first : first + 100], valid[first : first + 100])
                     writer.flush()
                 finally:
                     writer.close()
             with rasterio.open(path) as ds:
                 outputs.append((ds.read(), ds.read_masks(1)))
         assert np.array_equal(outputs[0][0], outputs[1][0]) and np.array_equal(outputs[0][1], outputs[1][1])
+        if nodata is not None:  # the rows' own mask is what is written
+            assert np.array_equal(outputs[0][1] > 0, valid)
 
         class Broken:
             block_shapes = [(256, 256)]
@@ -351,7 +356,7 @@ def test_background_writer_writes_the_same_file(tmp_path, make_raster, nodata):
             write_mask = write
 
         writer = _BlockRowWriter(Broken(), raster, background=True)
-        writer.add(0, rows[:, :256])  # a whole block row: handed to the thread
+        writer.add(0, rows[:, :256], valid[:256])  # a whole block row: handed to the thread
         with pytest.raises(OSError, match="disk full"):
             writer.close()
 
@@ -374,7 +379,7 @@ def _gdal_cache_max():
 def test_render_sets_gdal_cache_in_bytes(make_raster, tmp_path, monkeypatch):
     """rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes: render must give bytes
     (sessions 1-2 gave 16 meaning MB, and ran with a 16-byte cache)."""
-    from geo_pix2pix.render import GDAL_CACHE_BYTES
+    from geo_pix2pix.io.write import GDAL_CACHE_BYTES
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)  # a user's setting wins over render's
     getter = _gdal_cache_max()

@@ -86,7 +86,7 @@ def test_narrow_rasters_render_with_the_overviews_their_shape_allows(make_raster
                                                                      height, width, suffix, cog):
     import rasterio
 
-    from geo_pix2pix.render import overview_factors
+    from geo_pix2pix.io.write import overview_factors
 
     src = make_raster(height, width, seed=height + width)
     dst = tmp_path / f"out{suffix}"

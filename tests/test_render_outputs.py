@@ -10,7 +10,7 @@ from PIL import Image
 
 from geo_pix2pix import NotGeoreferencedWarning, render
 from geo_pix2pix.errors import OutputExistsError
-from geo_pix2pix.raster import sidecars
+from geo_pix2pix.io.atomic import sidecars
 
 
 def _plain_png(path, seed=0):
@@ -75,7 +75,7 @@ def test_a_dangling_link_at_dst_counts_as_existing(make_raster, tmp_path, identi
 
 def test_a_render_holding_dst_refuses_a_second(make_raster, tmp_path, identity):
     from geo_pix2pix.errors import DestinationBusyError
-    from geo_pix2pix.outlock import OutputLock, lock_path
+    from geo_pix2pix.io.outlock import OutputLock, lock_path
 
     src = make_raster(40, 50)
     dst = tmp_path / "out.tif"

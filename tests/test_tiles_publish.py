@@ -31,7 +31,7 @@ import pytest
 from clihelpers import assert_user_error, cli, message_lines
 from tilesdata import HELSINKI, Identity, bbox_of, block, write_xyz
 
-from geo_pix2pix.atomic import host_tag, sweep_stale, temp_name
+from geo_pix2pix.io.atomic import host_tag, sweep_stale, temp_name
 from geo_pix2pix.tiles import CopyModel, make_tiles
 
 TILES = block(16, HELSINKI.x, HELSINKI.y, 3, 2)

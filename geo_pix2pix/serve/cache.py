@@ -34,9 +34,8 @@ from pathlib import Path
 
 import mercantile
 
-from ..atomic import sweep_stale
 from ..errors import OptionError, OutputExistsError, TileSourceError
-from ..heap import kept_heap
+from ..io.atomic import sweep_stale
 from ..provenance import model_identity
 from ..tiles.area import Area
 from ..tiles.imaging import FORMATS
@@ -223,8 +222,7 @@ class LiveCache:
         known = self.call(self._run.known, tiles)
         job = MetaJob(0, tuple(b for b, _ in pairs), tuple(fam for _, fam in pairs),
                       {t: key for t, (key, _) in known.items()})
-        with kept_heap():  # the model's batches reuse memory (heap.py), as in a tiles run
-            result = run_metatile(job, self._thread_source(), self.model, self.settings)
+        result = run_metatile(job, self._thread_source(), self.model, self.settings)
         statuses = {t: status for t, (_, status) in known.items()}
         self.call(self._record, pairs, statuses, result)
         made = {t: (key, data) for t, key, data in result.outputs}

@@ -39,9 +39,8 @@ import numpy as np
 from torch import nn
 
 from .. import __version__
-from ..atomic import sweep_stale
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
-from ..heap import kept_heap
+from ..io.atomic import sweep_stale
 from ..model_spec import ModelSpec
 from ..provenance import model_identity
 from .area import Area
@@ -241,7 +240,7 @@ def _write_cache(src, dest: Path, kind: str, plan: Plan, model, spec, settings: 
                                 f"({'its files are kept' if kind == 'xyz' else 'only once the new one is complete'}), "
                                 "or choose another DEST")
     fmt = opts.fmt
-    with destination_lock(work, str(dest)), kept_heap():  # batches reuse memory (heap.py)
+    with destination_lock(work, str(dest)):
         if kind == "xyz":  # temporaries a run killed with -9 left (atomic.py: dead owners only)
             sweep_stale(dest, "tilejson.json")
             sweep_stale(work / "incoming")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import mercantile
 
-from ..atomic import fsync, temp_name, temp_path
+from ..io.atomic import fsync, temp_name, temp_path
 from ..errors import DestinationBusyError, OutputPathError, TileSourceError
 from .imaging import FORMATS
 

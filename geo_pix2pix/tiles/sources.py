@@ -368,7 +368,7 @@ class RasterSource(TileSource):
         return getattr(self, "_attribution", None)
 
     def _open_raster(self):
-        from ..raster import open_map_raster
+        from ..io.read import open_map_raster
 
         with warnings.catch_warnings():
             warnings.simplefilter("error", NotGeoreferencedWarning)
@@ -399,7 +399,8 @@ class RasterSource(TileSource):
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
-        from ..raster import MapRaster, ground_resolution
+        from ..geodesy import ground_resolution
+        from ..io.read import MapRaster
         from .tilemath import resolution_at
 
         if self.render_zoom is None:

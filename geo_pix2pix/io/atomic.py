@@ -23,11 +23,12 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync", "host_tag", "owner_alive", "replacing", "sweep_stale", "temp_name", "temp_path"]
+__all__ = ["SIDECAR_SUFFIXES", "fsync", "host_tag", "owner_alive", "replacing", "scratch_path", "sidecars",
+           "sweep_stale", "temp_name", "temp_path"]
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +129,92 @@ def fsync(path: str | os.PathLike, *, folder: bool = False) -> None:
         os.close(fd)
 
 
+#: GDAL's side files named ``NAME`` + suffix: georeference, nodata and metadata (PAM),
+#: external overviews, external mask.
+SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk")
+
+
+def sidecars(path: str | os.PathLike) -> list[Path]:
+    """The side files GDAL reads as part of the raster ``path``: :data:`SIDECAR_SUFFIXES`
+    and the world files (``NAME.wld``, ``.pgw``/``.pngw`` for ``.png``, ``.tfw``/``.tifw``
+    for ``.tif``…), which take precedence over a PNG's or JPEG's ``.aux.xml``."""
+    path = Path(path)
+    out = [Path(str(path) + s) for s in SIDECAR_SUFFIXES]
+    ext = path.suffix[1:]
+    if ext:
+        stem = path.with_suffix("")
+        names = {f"{ext[0]}{ext[-1]}w", f"{ext}w", "wld"}
+        out += [Path(f"{stem}.{n}") for n in sorted(names)]
+    return out
+
+
+def _with_side_files(path: Path) -> list[Path]:
+    return [path, *(Path(str(path) + s) for s in SIDECAR_SUFFIXES)]
+
+
 @contextmanager
-def replacing(dst: str | os.PathLike, tag: str | None = None, suffix: str = "") -> Iterator[Path]:
-    """Write a file atomically: yields a temporary path beside ``dst`` to write; flushes it
-    and renames it onto ``dst`` when the block ends normally, removes it when the block raises (Ctrl-C
-    included). Stale temporaries of ``dst`` left by a killed run are swept first."""
-    dst = Path(dst)
-    sweep_stale(dst.parent, dst.name)
+def scratch_path(dst: str | os.PathLike, tag: str, suffix: str = ".tif") -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``dst``, removed with its side files on exit."""
     tmp = temp_path(dst, tag, suffix)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # an ordinary file, whatever made the temporary
-        fsync(tmp)  # so that a power cut after the rename cannot leave a damaged dst
-        os.replace(tmp, dst)
+    finally:
+        for p in _with_side_files(tmp):
+            p.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    """Rename ``tmp`` onto ``dst`` with its side files; ``dst``'s old side files go.
+
+    Two renames cannot be one atomic step; the order makes sure no moment shows an
+    image with another image's side files: old side files, then the image, then its own.
+    """
+    for old in sidecars(dst):
+        if os.path.lexists(old):
+            old.unlink()
+    os.replace(tmp, dst)
+    for new, target in zip(_with_side_files(tmp)[1:], _with_side_files(dst)[1:], strict=True):
+        if new.exists():
+            os.replace(new, target)
+
+
+@contextmanager
+def replacing(dst: str | os.PathLike, tag: str | None = None, suffix: str = "", *,
+              check: Callable[[Path], None] | None = None, side_files: bool = False,
+              flush_failure: Callable[[OSError], BaseException] | None = None) -> Iterator[Path]:
+    """Write ``dst`` atomically: yield a temporary path beside it; when the block ends
+    normally, ``check`` it, flush it to disk and rename it onto ``dst``; when the block
+    raises (Ctrl-C included), remove it and leave ``dst`` as it was. Stale temporaries of
+    ``dst`` left by a killed run are swept first.
+
+    ``side_files``: a raster's GDAL side files go with it (:func:`sidecars`; ``dst``'s old
+    ones are removed), and the file keeps the mode GDAL gave it. ``flush_failure`` turns
+    an error of the flush (a network file system may report a full disk only then) into
+    the exception raised instead.
+    """
+    dst = Path(dst)
+    sweep_stale(dst.parent, dst.name)
+    tmp = temp_path(dst, tag, suffix)
+    written = _with_side_files(tmp) if side_files else [tmp]
+    try:
+        yield tmp
+        if check is not None:
+            check(tmp)
+        try:
+            if not side_files:
+                os.chmod(tmp, 0o644)  # an ordinary file, whatever made the temporary
+            for p in written:
+                if p.exists():
+                    fsync(p)  # so that a power cut after the rename cannot leave a damaged dst
+        except OSError as exc:
+            if flush_failure is None:
+                raise
+            raise flush_failure(exc) from None
+        if side_files:
+            _publish(tmp, dst)
+        else:
+            os.replace(tmp, dst)
         fsync(dst.parent, folder=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        for p in written:
+            p.unlink(missing_ok=True)

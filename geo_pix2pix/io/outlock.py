@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DestinationBusyError
+from ..errors import DestinationBusyError
 
 __all__ = ["OutputLock", "lock_path"]
 
