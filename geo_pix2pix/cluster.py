@@ -85,7 +85,7 @@ def connect(scheduler) -> Iterator[Any]:
     distributed = _distributed()
     if kind == "local":
         with ExitStack() as stack:
-            stack.enter_context(kept_environ())
+            stack.enter_context(kept_environ(_nanny_environ()))
             with held_signals(), warnings.catch_warnings():
                 # Its HTTP server (health checks; no dashboard) takes another port when 8787 is
                 # busy, as it is for a second local cluster, and says so in a 3-line warning.
@@ -163,17 +163,37 @@ def _in_terminal_foreground() -> bool:
 
 
 @contextmanager
-def kept_environ() -> Iterator[None]:
-    """Give this process its environment back after a ``LocalCluster``: Dask's nannies,
-    running here, set ``OMP_NUM_THREADS=1`` and ``MALLOC_TRIM_THRESHOLD_`` in
-    ``os.environ`` before starting each worker, and every later subprocess would inherit them."""
-    saved = dict(os.environ)
+def kept_environ(names: Iterable[str] | None = None) -> Iterator[None]:
+    """Undo the block's changes to ``os.environ``: of the variables ``names`` (None: of any
+    variable), leaving every other one as the block left it.
+
+    Dask's nannies, running here for a ``LocalCluster``, set ``OMP_NUM_THREADS=1`` and
+    ``MALLOC_TRIM_THRESHOLD_`` in ``os.environ`` before starting each worker, and every
+    later subprocess would inherit them.
+    """
+    saved = dict(os.environ) if names is None else {k: os.environ.get(k) for k in names}
     try:
         yield
     finally:
-        for k in set(os.environ) - set(saved):
-            del os.environ[k]
-        os.environ.update(saved)
+        for k in set(saved) | (set(os.environ) if names is None else set()):
+            old = saved.get(k)
+            if os.environ.get(k) == old:
+                continue
+            if old is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = old
+
+
+def _nanny_environ() -> set[str]:
+    """The variables Dask's nannies set in their own process before starting a worker."""
+    import dask
+
+    _distributed()  # its defaults join dask's configuration on import
+    names = {"PYTHONHASHSEED"}
+    for key in ("distributed.nanny.pre-spawn-environ", "distributed.nanny.environ"):
+        names.update(dask.config.get(key, default=None) or {})
+    return names
 
 
 def task_window(client) -> int:

@@ -1,20 +1,9 @@
-"""Keep freed memory in the process while rendering or training (glibc).
+"""Keep freed memory in the process while the model runs (glibc only).
 
-Batches of 256² tiles make activations and gradients of tens of MB per layer. glibc's
-``malloc`` serves blocks that large with ``mmap`` and gives them back to the kernel when
-they are freed, so every batch touches fresh pages, and every page fault zeroes 4 KiB.
-
-:func:`kept_heap` tells glibc to serve every block from its heap and keep what is
-freed there, for as long as the work runs; on leaving it sets glibc's settings back
-(see ``_LEFT_MMAP_THRESHOLD``) and hands the free memory back (``malloc_trim``). What
-it gains, and that peak memory stays the same, is measured in ``docs/performance.md``.
-
-It changes ``malloc`` settings of the whole process (a QGIS session included) while
-active; nested and concurrent uses share one setting, restored when the last one
-leaves. Elsewhere than glibc (macOS, Windows, musl) it does nothing. Setting glibc's
-thresholds turns off its adaptive mmap threshold for the rest of the process, so on
-leaving they are set where that rule ends up after large blocks: a process keeps up to
-64 MiB free at the top of its heap afterwards.
+Large blocks are otherwise served by ``mmap`` and unmapped when freed, so every batch
+faults in (and the kernel zeroes) fresh pages; docs/performance.md has the figures.
+The settings are the whole process's: only the CLI enters :func:`kept_heap` (and
+worker processes geo-pix2pix starts itself), never a library call.
 """
 
 from __future__ import annotations
@@ -35,12 +24,9 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
-# What is set on leaving: what the environment asked for (MALLOC_*_ variables, e.g.
-# Dask's nanny), else glibc's default mmap count and the thresholds its adaptive rule
-# reaches once a process has freed large blocks (mmap above 32 MiB, its ceiling on
-# 64-bit; trim above twice that). Setting any threshold turns the adaptive rule off for
-# good, and leaving it at the initial 128 KiB made every later large block in the
-# process a fresh mapping: the reference tile loop ran 40 % slower after a render.
+# Set on leaving: what the environment asked for (MALLOC_*_, e.g. Dask's nanny), else where
+# glibc's adaptive rule ends up after large blocks; setting any threshold turns that rule
+# off for good, and its initial 128 KiB would make every later large block a fresh mapping.
 _DEFAULT_MMAP_MAX = 65536
 _LEFT_MMAP_THRESHOLD = 32 << 20
 _LEFT_TRIM_THRESHOLD = 64 << 20
@@ -81,6 +67,7 @@ def _acquire() -> None:
         if _users == 0:
             _LIBC.mallopt(_M_MMAP_MAX, 0)
             _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # int: at most 1 GiB kept free at the top
+            log.debug("glibc malloc: freed memory kept in the heap (M_MMAP_MAX=0, 1 GiB trim threshold)")
         _users += 1
 
 
@@ -92,11 +79,13 @@ def _release() -> None:
             for param, value in _left.items():
                 _LIBC.mallopt(param, value)
             _LIBC.malloc_trim(0)
+            log.debug("glibc malloc: settings restored, free memory handed back")
 
 
 @contextmanager
 def kept_heap() -> Iterator[None]:
-    """Serve large blocks from the heap and keep freed memory until the block ends."""
+    """Serve large blocks from the heap and keep freed memory until the block ends; nested
+    and concurrent uses share one setting, restored when the last one leaves."""
     if _LIBC is None:
         yield
         return

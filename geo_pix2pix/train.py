@@ -39,7 +39,6 @@ from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .data import AUGMENTS, Jitter, JitteredPairs, PairSource, fixed_pairs, to_uint8
 from .devices import autocast, autocast_dtype, resolve_device
 from .errors import CheckpointError, OptionError
-from .heap import kept_heap
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .regions import SPLITS_BY, split_by
 
@@ -389,11 +388,6 @@ class Trainer:
             should_stop: Callable[[], bool] | None = None) -> Path:
         """Run steps up to ``config.steps``, with checkpoints, metrics and samples; returns
         the final (slim) checkpoint's path."""
-        with kept_heap():  # gradients and activations reuse memory instead of faulting in fresh pages
-            return self._fit(progress, should_stop)
-
-    def _fit(self, progress: Callable[[int, dict], None] | None,
-             should_stop: Callable[[], bool] | None) -> Path:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.out / "last.pt"
