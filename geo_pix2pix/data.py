@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DatasetError, OptionError
+from .grid import blend
 
 __all__ = [
     "AUGMENTS",
@@ -208,9 +209,8 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (3, H, W) in [-1, 1] → uint8 (H, W, 3), rounding to nearest."""
-    y = ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return y.permute(1, 2, 0).numpy()
+    """float (3, H, W) in [-1, 1] → uint8 (H, W, 3), rounded as render rounds (:func:`grid.blend.to_uint8`)."""
+    return blend.to_uint8(x.detach().float().cpu().numpy()).transpose(1, 2, 0)
 
 
 @dataclass(frozen=True)

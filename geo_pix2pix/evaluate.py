@@ -2,12 +2,10 @@
 
 Each pair is brought to the evaluation size (256 × 256, PIL bicubic, map and aerial
 alike) and the model is applied to the map exactly as ``geo-pix2pix render`` applies
-it to a 256 × 256 map image: the same tile grid (:class:`tiling.TileGrid`, by default
-with render's overlap, so a 256 px image is covered by four reflection-padded tiles),
-the same tiles and nodata rule (:func:`pipeline.strip_tiles`), the same batching and
-NaN check (:func:`pipeline.run_tiles`), the same blending (:class:`mosaic.StripMosaic`)
-and the same rounding to 8 bits. ``tests/test_evaluate.py`` checks that the pixels are
-identical to those of :func:`geo_pix2pix.render` on a PNG of the map.
+it to a 256 × 256 map image: through the tile core (:func:`grid.core.render_rows`),
+with render's grid, nodata rule, NaN check, blend and rounding to 8 bits; the tiles of
+all images share the model's batches. ``tests/test_evaluate.py`` checks that the
+pixels are identical to those of :func:`geo_pix2pix.render` on a PNG of the map.
 
 Figures (definitions in :mod:`metrics`), per method:
 
@@ -39,10 +37,10 @@ from . import metrics, regions
 from .baselines import MeanColour, PaletteLookup
 from .data import PairSource
 from .errors import DatasetError, OptionError
-from .model import model_device
-from .mosaic import StripMosaic
-from .pipeline import ArrayReader, run_tiles, strip_tiles
-from .tiling import DEFAULT_OVERLAP, TileGrid
+from .grid.blend import RowMerger
+from .grid.core import render_rows
+from .grid.cut import ArrayReader
+from .grid.tiling import DEFAULT_OVERLAP, TileGrid
 
 __all__ = ["EVAL_SIZE", "Evaluation", "Scores", "Structure", "evaluate", "format_table", "render_tiles", "resize"]
 
@@ -139,27 +137,18 @@ def resize(img: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _tiles_of(img: np.ndarray, grid: TileGrid) -> list[np.ndarray]:
-    """The tiles of one (3, H, W) image, cut from row strips as render cuts them."""
-    reader = ArrayReader(np.ascontiguousarray(img))
-    return [tile for r in range(grid.shape[0]) for _, tile in strip_tiles(reader, grid, r)]
-
-
 def render_tiles(model: nn.Module, maps: np.ndarray, overlap: int = DEFAULT_OVERLAP,
-                 tile_size: int = EVAL_SIZE) -> np.ndarray:
+                 tile_size: int = EVAL_SIZE, batch_size: int = 64) -> np.ndarray:
     """Apply ``model`` to map images (N, H, W, 3) uint8 as :func:`render` would; uint8 out."""
     n, h, w = maps.shape[:3]
     grid = TileGrid(h, w, tile_size, overlap)
-    tiles = [t for img in maps for t in _tiles_of(img.transpose(2, 0, 1), grid)]
-    outputs = run_tiles(model, np.stack(tiles), model_device(model)) if tiles else []
+    readers = [ArrayReader(np.ascontiguousarray(img.transpose(2, 0, 1))) for img in maps]
+    rows = ((reader, grid, r, None) for reader in readers for r in range(grid.shape[0]))
     result = np.empty_like(maps)
-    per = len(grid)
-    for i in range(n):
-        mosaic = StripMosaic(grid)
-        for chip, y in zip(grid, outputs[i * per : (i + 1) * per], strict=True):
-            mosaic.add(chip, y)
-        _, blended, _ = mosaic.pop_rows(h)
-        result[i] = np.rint((blended + 1.0) * 127.5).clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
+    mergers = [RowMerger(grid) for _ in range(n)]
+    for k, row in enumerate(render_rows(model, rows, batch_size)):  # each image's rows, in order
+        for first, rgb, _ in mergers[k // grid.shape[0]].add(row):
+            result[k // grid.shape[0], first : first + rgb.shape[1]] = rgb.transpose(1, 2, 0)
     return result
 
 

@@ -1,16 +1,17 @@
 """``render`` on a Dask cluster: tile rows rendered on the workers, written here in order.
 
-Each task renders one or a few consecutive tile rows (:func:`rowblend.render_tile_rows`,
+Each task renders one or a few consecutive tile rows (:func:`grid.core.render_tile_rows`,
 at least :data:`TILES_PER_TASK` tiles, so that narrow rasters fill the model's batches):
 the worker opens the input by its path (through the same ``WarpedVRT`` as the local run
 when the input is resampled), reads the rows' strips, runs the model and returns each
-row's contribution.
-The client merges the contributions in row order (:class:`rowblend.RowMerger`) and
-feeds the finished rows to the same writer as a local run, so the output is the same,
-bit for bit on the CPU. At most :func:`cluster.task_window` rows are submitted and not
-yet merged: memory on the client is a few tile rows, whatever the raster's height.
+row's contribution (:class:`grid.blend.RowResult`).
+The client merges the contributions in row order (:class:`grid.blend.RowMerger`) and
+feeds the finished rows to the same writer as a local run. A local run makes and merges
+its tile rows with the same code, so the output is the same, bit for bit on the CPU. At
+most :func:`cluster.task_window` rows are submitted and not yet merged: memory on the
+client is a few tile rows, whatever the raster's height.
 
-Workers get the model once per process (:class:`model_spec.ModelSpec`): by its
+Workers get the model once per process from its :class:`model_spec.ModelSpec`: by its
 checkpoint path (which every worker must be able to open, as the input raster), or, for
 a module given in Python, pickled and scattered to every worker from the client.
 """
@@ -22,16 +23,15 @@ import socket
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-
-import numpy as np
-from torch import nn
+from dataclasses import dataclass, replace
 
 from .cluster import connect, in_order
+from .grid.blend import RowResult
+from .grid.core import TilePipeline, render_tile_rows
+from .grid.tiling import TileGrid
+from .io.read import is_gdal_name
+from .model import InferenceModel
 from .model_spec import ModelSpec
-from .raster import is_gdal_name
-from .rowblend import RowMerger, RowResult, render_tile_rows
-from .tiling import TileGrid
 
 __all__ = ["ClusterRowPipeline", "RasterSpec", "RemoteRender"]
 
@@ -53,8 +53,8 @@ class RasterSpec:
     @contextmanager
     def open(self):
         from .errors import NotGeoreferencedWarning
+        from .io.read import open_map_raster
         from .model_grid import on_model_grid
-        from .raster import open_map_raster
 
         with ExitStack() as stack:
             with warnings.catch_warnings():
@@ -65,7 +65,7 @@ class RasterSpec:
             yield raster
 
 
-def _render_rows_task(rows: range, raster: RasterSpec, spec: ModelSpec, grid: tuple,
+def _render_rows_task(rows: range, raster: RasterSpec, spec: ModelSpec, grid: TileGrid,
                       batch_size: int) -> list[RowResult]:
     import rasterio
 
@@ -74,69 +74,53 @@ def _render_rows_task(rows: range, raster: RasterSpec, spec: ModelSpec, grid: tu
     try:
         model = spec.load_cached()
         with rasterio.Env(GDAL_CACHEMAX=TASK_GDAL_CACHE_BYTES), raster.open() as reader:
-            return render_tile_rows(reader, model, TileGrid(*grid), rows, batch_size)
+            return render_tile_rows(reader, model, grid, rows, batch_size)
     except (InputRasterError, CheckpointError) as exc:
         # Most often a path the client sees and this worker does not.
         raise type(exc)(f"on the Dask worker on {socket.gethostname()}: {exc} (every worker must see the "
                         "input and the weights at the same path)") from None
 
 
-class ClusterRowPipeline:
-    """Iterate ``(first_row, rows)`` as :class:`~geo_pix2pix.pipeline.TilePipeline` does,
+class ClusterRowPipeline(TilePipeline):
+    """Iterate ``(first_row, rgb, valid)`` as :class:`~geo_pix2pix.grid.core.TilePipeline` does,
     rendering the tile rows on the cluster."""
 
     def __init__(self, remote: RemoteRender, raster: RasterSpec, height: int, width: int, *,
                  tile_size: int, overlap: int, batch_size: int,
                  progress: Callable[[int, int], None] | None = None) -> None:
-        self.remote, self.raster, self.batch_size, self.progress = remote, raster, batch_size, progress
-        self.grid = TileGrid(height, width, tile_size, overlap)
-        self.rendered = 0
+        super().__init__(None, remote.model, batch_size=batch_size, progress=progress,
+                         grid=TileGrid(height, width, tile_size, overlap))
+        self.remote, self.raster = remote, raster
 
-    def __len__(self) -> int:
-        return len(self.grid)
-
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        g = self.grid
-        merger = RowMerger(g)
-        k = max(1, -(-TILES_PER_TASK // g.shape[1]))  # tile rows per task
-        tasks = (range(r, min(r + k, g.shape[0])) for r in range(0, g.shape[0], k))
-        args = (self.raster, self.remote.spec, (g.height, g.width, g.tile_size, g.overlap), self.batch_size)
-        for results in in_order(self.remote.client, _render_rows_task, tasks, *args, name="geo-pix2pix-render"):
-            for result in results:
-                self.rendered += result.rendered
-                yield from merger.add(result)
-            if self.progress is not None:
-                self.progress((results[-1].row + 1) * g.shape[1], len(g))
-        if not merger.done:  # pragma: no cover - in_order yields every row
-            raise RuntimeError("the cluster returned fewer tile rows than the grid has")
+    def results(self) -> Iterator[list[RowResult]]:
+        args = (self.raster, self.remote.spec, self.grid, self.batch_size)
+        return in_order(self.remote.client, _render_rows_task, self.grid.row_groups(TILES_PER_TASK), *args,
+                        name="geo-pix2pix-render")
 
 
 class RemoteRender:
     """The client side of a cluster render: the client, the model and how the workers get
     it (a :class:`ModelSpec`, or for a module given in Python the future of its scattered spec)."""
 
-    def __init__(self, client, model: nn.Module, spec) -> None:
+    def __init__(self, client, model: InferenceModel, spec) -> None:
         self.client, self.model, self.spec = client, model, spec
 
     @classmethod
     @contextmanager
     def open(cls, client, model, device: str | None):
-        """``model``: a checkpoint path, None (the default model) or a module.
+        """``model``: anything :func:`model_spec.resolve_model` takes.
 
         Yields a RemoteRender whose ``model`` is a client-side copy for the facts render
-        needs (ground resolution, tile multiple); the workers load their own.
+        needs (ground resolution, tile multiple); the workers load their own on ``device``.
         """
-        from .model import load_model
-
+        spec = ModelSpec.of(model, device)
         with connect(client) as c:
-            if model is None or isinstance(model, (str, os.PathLike)):
-                local = load_model(model, "cpu")
-                yield cls(c, local, ModelSpec.of_file(model, local, device))
+            if spec.module is None:
+                yield cls(c, ModelSpec.of(spec, "cpu").load(), spec)
                 return
-            module = model.eval()
-            future = c.scatter(ModelSpec.of_module(module, device), broadcast=True, hash=False)
+            future = c.scatter(spec, broadcast=True, hash=False)
             try:
-                yield cls(c, module, future)
+                yield cls(c, replace(spec, device=None).load(), future)
             finally:
                 future.release()
 

@@ -23,9 +23,10 @@ from geo_pix2pix.checkpoints import save_checkpoint
 from geo_pix2pix.cli import main
 from geo_pix2pix.cluster import connect, kept_environ, parse_scheduler
 from geo_pix2pix.errors import OptionError
+from geo_pix2pix.grid.blend import RowMerger
+from geo_pix2pix.grid.core import TilePipeline, render_tile_rows
+from geo_pix2pix.grid.cut import ArrayReader
 from geo_pix2pix.networks import Generator
-from geo_pix2pix.pipeline import ArrayReader, TilePipeline
-from geo_pix2pix.rowblend import RowMerger, render_tile_row, render_tile_rows
 from geo_pix2pix.tiles import Area, make_tiles
 
 
@@ -48,17 +49,19 @@ def test_tile_rows_rendered_apart_blend_bit_for_bit(height, width, tile, overlap
     valid[: height // 3] = False  # whole tiles of nodata are skipped, as in the pipeline
     model = Wobbly()
     pipe = TilePipeline(ArrayReader(rgb, valid), model, tile_size=tile, overlap=overlap, batch_size=5)
-    expect = {first: rows for first, rows in pipe}
+    expect = {first: (rows, v) for first, rows, v in pipe}
     merger, got, rendered = RowMerger(pipe.grid), [], 0
     n = pipe.grid.shape[0]
     for r in range(0, n, 2):  # two tile rows a task: their tiles share batches
         for result in render_tile_rows(ArrayReader(rgb, valid), model, pipe.grid, range(r, min(r + 2, n)), 8):
             rendered += result.rendered
             got.extend(merger.add(result))
-    firsts = [f for f, _ in got]  # rows come in order, each piece right after the last
-    assert firsts[0] == 0 and all(f + rows.shape[1] == g for (f, rows), g in zip(got[:-1], firsts[1:], strict=True))
-    assert np.array_equal(np.concatenate([rows for _, rows in got], axis=1),
-                          np.concatenate([expect[f] for f in sorted(expect)], axis=1))
+    firsts = [f for f, _, _ in got]  # rows come in order, each piece right after the last
+    assert firsts[0] == 0 and all(f + rows.shape[1] == g for (f, rows, _), g in zip(got[:-1], firsts[1:], strict=True))
+    assert np.array_equal(np.concatenate([rows for _, rows, _ in got], axis=1),
+                          np.concatenate([expect[f][0] for f in sorted(expect)], axis=1))
+    mask = np.concatenate([v for _, _, v in got])  # the mask read with the pixels comes with them
+    assert np.array_equal(mask, valid) and np.array_equal(mask, np.concatenate([expect[f][1] for f in sorted(expect)]))
     assert merger.done and rendered == pipe.rendered
 
 
@@ -66,7 +69,7 @@ def test_rows_must_come_in_order():
     rgb = np.zeros((3, 100, 50), np.uint8)
     pipe = TilePipeline(ArrayReader(rgb), Wobbly(), tile_size=32, overlap=8)
     with pytest.raises(ValueError, match="in order"):
-        list(RowMerger(pipe.grid).add(render_tile_row(ArrayReader(rgb), Wobbly(), pipe.grid, 1)))
+        list(RowMerger(pipe.grid).add(render_tile_rows(ArrayReader(rgb), Wobbly(), pipe.grid, range(1, 2))[0]))
 
 
 def test_scheduler_spec():

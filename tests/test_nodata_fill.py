@@ -1,6 +1,6 @@
 """The one rule for nodata inside tiles (issue 15, item 11): nodata pixels are filled
 before the model by mirroring valid pixels across the nearest valid pixel
-(:func:`pipeline.fill_nodata`), and masked after. Every path uses it."""
+(:func:`grid.cut.fill_nodata`), and masked after. Every path uses it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import rasterio
 import torch
 
-from geo_pix2pix import pipeline, render
-from geo_pix2pix.pipeline import fill_nodata
-from geo_pix2pix.tiling import TileGrid
+from geo_pix2pix import render
+from geo_pix2pix.grid import cut
+from geo_pix2pix.grid.cut import fill_nodata
+from geo_pix2pix.grid.tiling import TileGrid
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_tiles" / "helsinki_map.tif"
 
@@ -43,15 +44,14 @@ def test_holes_take_only_valid_pixels_and_clean_tiles_are_untouched():
 
 
 def test_every_path_fills_nodata_with_the_one_rule(tmp_path, monkeypatch):
-    """render, its Dask row tasks (rowblend) and tile metatiles all hand the model
-    tiles filled by pipeline.fill_nodata: the model never sees the nodata black."""
+    """render, its Dask row tasks and tile metatiles all hand the model tiles filled by
+    grid.cut.fill_nodata: the model never sees the nodata black."""
     from tilesdata import HELSINKI, bbox_of, block, write_xyz
 
-    from geo_pix2pix.rowblend import render_tile_rows
-    from geo_pix2pix.tiles import make_tiles, metatile
+    from geo_pix2pix.grid.core import render_tile_rows
+    from geo_pix2pix.tiles import make_tiles
     from geo_pix2pix.tiles.area import Area
 
-    assert metatile.fill_nodata is pipeline.fill_nodata
     calls = []
 
     def spy(tile, missing):
@@ -59,8 +59,7 @@ def test_every_path_fills_nodata_with_the_one_rule(tmp_path, monkeypatch):
             calls.append(missing.mean())
         return fill_nodata(tile, missing)
 
-    monkeypatch.setattr(pipeline, "fill_nodata", spy)
-    monkeypatch.setattr(metatile, "fill_nodata", spy)
+    monkeypatch.setattr(cut, "fill_nodata", spy)
 
     class NoBlack(torch.nn.Module):
         def forward(self, x):
@@ -78,7 +77,7 @@ def test_every_path_fills_nodata_with_the_one_rule(tmp_path, monkeypatch):
     render(tmp_path / "in.tif", tmp_path / "out.tif", model=NoBlack())
     assert calls
     calls.clear()
-    reader = pipeline.ArrayReader(data, (data != 0).any(axis=0))
+    reader = cut.ArrayReader(data, (data != 0).any(axis=0))
     grid = TileGrid(300, 280, 256, 64)
     render_tile_rows(reader, NoBlack(), grid, range(grid.shape[0]))
     assert calls

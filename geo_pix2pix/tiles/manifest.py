@@ -38,14 +38,14 @@ from pathlib import Path
 import mercantile
 
 from ..errors import OutputPathError
-from ..outlock import OutputLock
+from ..io.outlock import OutputLock
 from .sinks import store_errors
 
 __all__ = ["destination_lock", "Manifest", "file_identity", "read_meta", "settings_digest", "tile_key",
            "work_dir"]
 
 #: Bump when a change to the code changes the pixels made from the same inputs.
-ALGORITHM_VERSION = 2  # 2: nodata in chips filled by pipeline.fill_nodata, not the mean colour
+ALGORITHM_VERSION = 3  # 2: nodata in chips filled by fill_nodata, not the mean colour; 3: the tile core's weight sums
 
 
 def work_dir(dest: str | os.PathLike, kind: str) -> Path:

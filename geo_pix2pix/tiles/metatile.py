@@ -7,14 +7,15 @@ writes nothing (the writer in the main process does). Steps:
 2. each tile's key is the hash of the run's settings, the tile's position and those
    digests (:mod:`.manifest`); tiles whose key matches the manifest are left alone;
 3. the chips touching the stale tiles (:class:`.tilemath.ChipGrid`) are cut from the
-   source, run through the model in batches and blended with
-   :func:`geo_pix2pix.tiling.blend_window` — every pixel of a stale tile gets all the
-   chips that cover it, in a fixed order, so its value does not depend on the metatile;
+   source, run through the model and blended by the tile core that render runs
+   (:func:`geo_pix2pix.grid.core.render_array`, the chips a grid with explicit starts) —
+   every pixel of a stale tile gets all the chips that cover it, in a fixed order, and
+   the weights of the world-wide grid, so its value does not depend on the metatile;
 4. stale tiles are cut from the blend: render-zoom tiles directly, deeper zooms
    upsampled (bicubic, reading across tile borders), and encoded.
 
 Missing source tiles are nodata; a chip with some nodata has it filled by render's rule
-(:func:`geo_pix2pix.pipeline.fill_nodata`, a function of the chip alone) and the output
+(:func:`geo_pix2pix.grid.cut.fill_nodata`, a function of the chip alone) and the output
 is masked.
 """
 
@@ -27,9 +28,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import TileSourceError
-from ..model import model_device
-from ..pipeline import fill_nodata, run_tiles
-from ..tiling import blend_window
+from ..grid.core import render_array
 from .imaging import encode, upsample
 from .manifest import tile_key
 from .sources import SourceTile, TileSource
@@ -135,20 +134,21 @@ def _render(stale: list[mercantile.Tile], pixels: dict, model: nn.Module, grid: 
     """Blend the chips over ``stale`` tiles: (rgb uint8, valid, (x0, y0) origin, chips run).
 
     The arrays cover the stale tiles' bounding box plus ``grid.margin`` pixels; only
-    the stale tiles and their margins hold final values.
+    the stale tiles and their margins hold final values (every chip covering them is run).
     """
     m, n = grid.margin, TILE_SIZE
     x0 = min(t.x for t in stale) * n - m
     y0 = min(t.y for t in stale) * n - m
     width = (max(t.x for t in stale) + 1) * n + m - x0
     height = (max(t.y for t in stale) + 1) * n + m - y0
-    chips = sorted({(ky, kx) for t in stale for ky in grid.tile_chips(t.y) for kx in grid.tile_chips(t.x)})
+    chips = {(ky, kx) for t in stale for ky in grid.tile_chips(t.y) for kx in grid.tile_chips(t.x)}
+    rows = range(min(k[0] for k in chips), max(k[0] for k in chips) + 1)
+    cols = range(min(k[1] for k in chips), max(k[1] for k in chips) + 1)
+    tiles = grid.tile_grid(rows, cols)
 
     # The canvas: source pixels under every chip, nodata where there is no tile.
-    cx0 = grid.chip_start(min(k[1] for k in chips))
-    cy0 = grid.chip_start(min(k[0] for k in chips))
-    cw = grid.chip_start(max(k[1] for k in chips)) + grid.size - cx0
-    ch = grid.chip_start(max(k[0] for k in chips)) + grid.size - cy0
+    cx0, cy0 = grid.chip_start(cols.start), grid.chip_start(rows.start)
+    ch, cw = tiles.height, tiles.width
     canvas = np.zeros((3, ch, cw), np.uint8)
     cvalid = np.zeros((ch, cw), bool)
     for t, (trgb, tvalid) in pixels.items():
@@ -159,41 +159,7 @@ def _render(stale: list[mercantile.Tile], pixels: dict, model: nn.Module, grid: 
             canvas[:, a0:a1, b0:b1] = trgb[:, a0 - r:a1 - r, b0 - c:b1 - c]
             cvalid[a0:a1, b0:b1] = tvalid[a0 - r:a1 - r, b0 - c:b1 - c]
 
-    acc = np.zeros((3, height, width), np.float32)
-    wsum = np.zeros((height, width), np.float32)
-    window = blend_window(grid.size, grid.overlap).astype(np.float32)
-    device = model_device(model)
-    s = grid.size
-    batch: list[tuple[int, int, np.ndarray]] = []
-    run = 0
-
-    def flush() -> None:
-        outs = run_tiles(model, np.stack([b[2] for b in batch]), device)
-        for (cy, cx, _), out in zip(batch, outs, strict=True):
-            # chip (cy, cx) in region coordinates; keep the part inside the region
-            r0, c0 = max(cy, 0), max(cx, 0)
-            r1, c1 = min(cy + s, height), min(cx + s, width)
-            if r1 > r0 and c1 > c0:
-                w = window[r0 - cy:r1 - cy, c0 - cx:c1 - cx]
-                acc[:, r0:r1, c0:c1] += out[:, r0 - cy:r1 - cy, c0 - cx:c1 - cx] * w
-                wsum[r0:r1, c0:c1] += w
-        batch.clear()
-
-    for ky, kx in chips:
-        sy, sx = grid.chip_start(ky) - cy0, grid.chip_start(kx) - cx0
-        v = cvalid[sy:sy + s, sx:sx + s]
-        if not v.any():
-            continue  # all nodata: no model call
-        chip = fill_nodata(canvas[:, sy:sy + s, sx:sx + s], ~v)
-        batch.append((grid.chip_start(ky) - y0, grid.chip_start(kx) - x0, chip))
-        run += 1
-        if len(batch) >= CHIPS_PER_CALL:
-            flush()
-    if batch:
-        flush()
-
-    with np.errstate(invalid="ignore", divide="ignore"):
-        blended = np.where(wsum > 0, acc / np.maximum(wsum, 1e-30), -1.0)
-    rgb = np.rint((blended + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-    valid = cvalid[y0 - cy0:y0 - cy0 + height, x0 - cx0:x0 - cx0 + width] & (wsum > 0)
-    return rgb, valid, (x0, y0), run
+    rgb, valid, run = render_array(canvas, model, cvalid, grid=tiles, batch_size=CHIPS_PER_CALL,
+                                   keep=lambda c: (rows.start + c.row, cols.start + c.col) in chips)
+    region = np.s_[y0 - cy0 : y0 - cy0 + height, x0 - cx0 : x0 - cx0 + width]
+    return rgb[(slice(None), *region)], valid[region], (x0, y0), run

@@ -7,10 +7,11 @@ file or runs a model.
 chips lie on one grid for the whole world, anchored at Web Mercator's pixel origin:
 chip ``k`` along an axis covers pixels ``[k·stride − buffer, k·stride − buffer + 256)``
 with ``stride = 256 − 2·buffer``, so neighbouring chips overlap by ``2·buffer`` pixels
-and are blended with :func:`geo_pix2pix.tiling.blend_window` (render's ``--overlap``
-is this ``2·buffer``). A metatile is rendered by running every chip that touches its
-tiles: each pixel then gets exactly the chips, and the weights, it would get if the
-whole world were rendered in one piece, whatever the metatile size. Metatile borders
+and are blended as render blends its tiles (render's ``--overlap`` is this ``2·buffer``;
+:meth:`ChipGrid.tile_grid` makes chips a :class:`geo_pix2pix.grid.tiling.TileGrid`). A
+metatile is rendered by running every chip that touches its tiles: each pixel then gets
+exactly the chips, and the weights, it would get if the whole world were rendered in one
+piece, whatever the metatile size. Metatile borders
 fall inside rendered context and leave no seam, and a tile's pixels depend on the
 source tiles under those chips only: :meth:`ChipGrid.dependencies`, the tile and its
 neighbours, which is what an incremental run regenerates when one source tile changes.
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import mercantile
 
 from ..errors import OptionError
+from ..grid.tiling import TileGrid
 
 __all__ = [
     "MAX_LATITUDE",
@@ -187,6 +189,15 @@ class ChipGrid:
         kmin = (lo + b - self.size) // s + 1
         kmax = -((-(hi + b)) // s) - 1  # ceil((hi + b) / s) - 1
         return range(kmin, kmax + 1)
+
+    def tile_grid(self, rows: range, cols: range) -> TileGrid:
+        """Chips ``rows`` × ``cols`` (indices) as a TileGrid over the canvas they cover, whose
+        pixel (0, 0) is world pixel ``(chip_start(cols.start), chip_start(rows.start))``."""
+        y0, x0 = self.chip_start(rows.start), self.chip_start(cols.start)
+        height = self.chip_start(rows.stop - 1) + self.size - y0
+        width = self.chip_start(cols.stop - 1) + self.size - x0
+        return TileGrid(height, width, self.size, self.overlap, row_starts=[self.chip_start(k) - y0 for k in rows],
+                        col_starts=[self.chip_start(k) - x0 for k in cols])
 
     def tile_chips(self, t: int) -> range:
         """Chip indices along one axis that touch tile index ``t`` (margin included)."""

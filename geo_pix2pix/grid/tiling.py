@@ -20,7 +20,7 @@ weights of all tiles covering a pixel are normalised to sum to one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -162,16 +162,20 @@ class TileGrid:
     """The tiles covering a ``height`` × ``width`` raster, row by row.
 
     Iterating yields :class:`Chip` values; ``len(grid)`` is the number of tiles, so a
-    progress bar knows its total (as torchgeo's ``GridGeoSampler`` does).
+    progress bar knows its total (as torchgeo's ``GridGeoSampler`` does). The starts
+    along each axis are :func:`axis_starts`, or given (``row_starts``/``col_starts``:
+    e.g. the world-anchored chip grid of the XYZ tiles); ``overlap`` then only sets the
+    blend's ramp.
     """
 
-    def __init__(self, height: int, width: int, tile_size: int = 256, overlap: int = 64) -> None:
+    def __init__(self, height: int, width: int, tile_size: int = 256, overlap: int = 64, *,
+                 row_starts: Sequence[int] | None = None, col_starts: Sequence[int] | None = None) -> None:
         if height < 1 or width < 1:
             raise ValueError(f"raster size {width}×{height} must be at least 1×1")
         self.height, self.width = int(height), int(width)
         self.tile_size, self.overlap = int(tile_size), int(overlap)
-        self.row_starts = axis_starts(self.height, self.tile_size, self.overlap)
-        self.col_starts = axis_starts(self.width, self.tile_size, self.overlap)
+        self.row_starts = _given_starts(row_starts, self.height, self.tile_size, self.overlap)
+        self.col_starts = _given_starts(col_starts, self.width, self.tile_size, self.overlap)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -197,6 +201,27 @@ class TileGrid:
             return self.height
         return max(0, min(self.height, self.row_starts[r + 1]))
 
+    def row_groups(self, min_tiles: int) -> Iterator[range]:
+        """Consecutive tile rows in groups of at least ``min_tiles`` tiles (the last may
+        hold fewer): the unit of work of a Dask task."""
+        k = max(1, -(-min_tiles // self.shape[1]))
+        return (range(r, min(r + k, self.shape[0])) for r in range(0, self.shape[0], k))
+
     def __repr__(self) -> str:
         return (f"TileGrid({self.height}×{self.width} px, tile {self.tile_size}, "
                 f"overlap {self.overlap}: {self.shape[0]}×{self.shape[1]} tiles)")
+
+
+def _given_starts(starts: Sequence[int] | None, length: int, tile_size: int, overlap: int) -> list[int]:
+    """:func:`axis_starts`, or ``starts`` checked: increasing, covering ``[0, length)`` without a gap."""
+    if starts is None:
+        return axis_starts(length, tile_size, overlap)
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
+    out = [int(s) for s in starts]
+    if not out or out[0] > 0 or out[-1] + tile_size < length:
+        raise ValueError(f"tile starts {out} must cover [0, {length}) with tiles of {tile_size}")
+    for a, b in zip(out, out[1:], strict=False):
+        if not a < b <= a + tile_size:
+            raise ValueError(f"tile starts {a}, {b} must increase by 1 to {tile_size} (no gap between tiles)")
+    return out
