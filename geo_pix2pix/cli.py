@@ -226,22 +226,17 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
     .png/.jpg for plain images.
     """
-    from .model import load_model
+    from .model_spec import resolve_model
     from .render import render as render_fn
 
-    if not scheduler:
-        model = load_model(weights, device, precision=precision)
-    elif precision == "fp32":
-        model = weights  # each worker loads the checkpoint itself, by its path, on its --device
-    else:
-        # Loaded (and checked) here; the workers get it pickled and build its engine themselves.
-        model = load_model(weights, "cpu", precision=precision)
-    _log_model(weights, model, precision, f"the --scheduler workers' {device}" if scheduler else None)
+    spec = _model_spec(weights, device, precision)
+    model = spec if scheduler else resolve_model(spec)  # --scheduler: each worker loads it, on its --device
+    _log_model(weights, None if scheduler else model, precision,
+               f"the --scheduler workers' {device}" if scheduler else None)
     bar, update = _progress_bar(ctx, "render")
     start = time.monotonic()
     with bar:
-        result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size,
-                           device=device if scheduler else None, client=scheduler,
+        result = render_fn(src, dst, model=model, overlap=overlap, batch_size=batch_size, client=scheduler,
                            overwrite=overwrite, progress=update, bands=bands, model_grid=model_grid,
                            cog=cog, compress=compress, overviews=overviews)
     took = time.monotonic() - start
@@ -253,12 +248,27 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
                    f"{result.tiles_rendered}/{result.tiles_total} tiles rendered{note})", err=True)
 
 
+def _model_spec(weights: str | None, device: str, precision: str):
+    """The model that --weights, --device and --precision name. On CUDA the CLI switches on
+    cuDNN's autotuner for this process, on the user's behalf (the model's chunk shape is fixed)."""
+    from .devices import resolve_device
+    from .model_spec import ModelSpec
+
+    spec = ModelSpec.of(weights, device, precision)
+    if resolve_device(spec.device).type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True
+        log.info("cuDNN autotuning on for this run (torch.backends.cudnn.benchmark)")
+    return spec
+
+
 def _log_model(weights: str | None, model, precision: str, device: str | None = None) -> None:
-    """INFO: which model runs, in what precision, where."""
+    """INFO: which model runs, in what precision, where (``model`` None: loaded elsewhere)."""
     from .model import default_model_path, model_device
 
     name = weights or f"the default model ({default_model_path().name})"
-    identity = getattr(model, "identity", "")
+    identity = model.identity if model is not None else ""
     where = device or str(model_device(model))
     log.info("model %s%s, %s on %s", name, f" [{identity[:12]}]" if identity else "", precision, where)
 
@@ -514,12 +524,12 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by
 
     from .evaluate import evaluate as evaluate_fn
     from .evaluate import format_table
-    from .model import load_model
     from .grid.tiling import DEFAULT_OVERLAP
+    from .model_spec import resolve_model
 
     json_file, grid_file = _check_new_file(json_path, overwrite), _check_new_file(grid_path, overwrite)
     source = _pair_source(layout, data, direction, aerial)
-    model = load_model(weights, device, precision=precision)
+    model = resolve_model(_model_spec(weights, device, precision))
     bar, update = _progress_bar(ctx, "evaluate")
     with bar:
         result = evaluate_fn(source, model, split=split, val_fraction=val_fraction, split_by=split_by, limit=limit,
@@ -569,14 +579,15 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, bands,
     """
     import numpy as np
 
+    from .accel.int8 import calibrate as calibrate_fn
     from .checkpoints import export_checkpoint
     from .errors import OptionError
-    from .model import default_model_path, load_model
-    from .quantize import calibrate as calibrate_fn
+    from .model import default_model_path
+    from .model_spec import resolve_model
 
     out_file = _check_new_file(out_path, overwrite)
     src_weights = weights or default_model_path()
-    model = load_model(src_weights, "cpu")
+    model = resolve_model(src_weights, "cpu")
     if layout == "maps":
         from .io.read import map_tiles
 
@@ -617,11 +628,11 @@ def export_onnx(ctx, dst, weights, overwrite):
 
     Run it with --weights DST (onnxruntime, CPU; needs geo-pix2pix[onnx]).
     """
-    from .model import load_model
-    from .onnxrt import export_onnx as export_fn
+    from .accel.onnx import export_onnx as export_fn
+    from .model_spec import resolve_model
 
     out = _check_new_file(dst, overwrite)
-    model = load_model(weights, "cpu")
+    model = resolve_model(weights, "cpu")
     export_fn(model, out)
     if not ctx.meta.get("quiet"):
         click.echo(f"wrote {out}", err=True)
@@ -693,15 +704,7 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
     if webviewer and Path(dest).suffix.lower() in (".mbtiles", ".pmtiles"):
         raise OptionError(f"--webviewer writes index.html into an XYZ folder DEST, and {dest!r} is a file: drop "
                           "--webviewer, or use `geo-pix2pix serve` to view it")
-    model = CopyModel() if no_model else weights
-    if precision != "fp32" and not no_model:
-        from .model import load_model
-
-        # Loaded here, pickled to --workers or the --scheduler's workers (each builds its
-        # own bf16 or int8 engine); for a cluster on the CPU, so that "auto" on a GPU
-        # client does not ship CUDA tensors to workers without one.
-        here = "cpu" if scheduler and device == "auto" else (None if device == "auto" else device)
-        model = load_model(weights, here, precision=precision)
+    model = CopyModel() if no_model else _model_spec(weights, device, precision)
     # What Ctrl-C, SIGTERM or SIGHUP leave: complete tiles, and a file --overwrite replaces as it was.
     ctx.meta["interrupted_note"] = ("the tiles made so far are kept and a rerun goes on from there; temporary "
                                     "files removed; a file that --overwrite was to replace is left as it was.")
@@ -850,11 +853,7 @@ def serve(ctx, source, cache, host, port, zoom, bbox, fmt, quality, buffer, rend
     from .serve.server import serve as run_server
     from .tiles import Area
 
-    model = weights
-    if precision != "fp32":
-        from .model import load_model
-
-        model = load_model(weights, None if device == "auto" else device, precision=precision)
+    model = _model_spec(weights, device, precision)
     ctx.meta["interrupted_note"] = ("stopped serving; every tile and manifest row written is whole, and a "
                                     "restart serves the cache at once.")
     run_server(source, cache, host=host, port=port, zooms=zoom, model=model, workers=workers, queue_size=queue_size,

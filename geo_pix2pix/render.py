@@ -32,8 +32,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
 from .errors import OptionError
 from .geodesy import ground_pixel_size
 from .grid.core import TilePipeline
@@ -49,8 +47,9 @@ from .io.write import (
     output_kind,
     write_output,
 )
-from .model import load_model, model_device
+from .model import InferenceModel, model_device
 from .model_grid import RESOLUTION_TOLERANCE, grid_factors, model_grid_shape, on_model_grid
+from .model_spec import ModelLike, resolve_model
 from .provenance import output_tags
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class RenderResult:
     model_resolution: float | None
 
 
-def _check_options(tile_size: int, overlap: int, batch_size: int, model: nn.Module) -> None:
+def _check_options(tile_size: int, overlap: int, batch_size: int, model: InferenceModel) -> None:
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size} must be at least 1")
     from .memory import check_memory, render_batch_bytes
@@ -83,7 +82,7 @@ def _check_options(tile_size: int, overlap: int, batch_size: int, model: nn.Modu
     # The tiles of a batch and their outputs are held at once: refuse what cannot fit now.
     check_memory(render_batch_bytes(batch_size, tile_size), f"--batch-size {batch_size}",
                  "give a smaller --batch-size (the default is 8; 32 keeps a GPU busy)")
-    multiple = getattr(model, "tile_multiple", 1)
+    multiple = model.tile_multiple
     if tile_size < 1 or tile_size % multiple:
         raise OptionError(f"--tile-size {tile_size} must be a positive multiple of {multiple} "
                           "(the generator halves the tile 8 times)")
@@ -96,7 +95,7 @@ def render(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    model: nn.Module | str | os.PathLike | None = None,
+    model: ModelLike = None,
     overlap: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -112,11 +111,11 @@ def render(
 ) -> RenderResult:
     """Render the map raster ``src`` into the synthetic aerial image ``dst``.
 
-    ``model`` is a :class:`~geo_pix2pix.model.Pix2PixModel` from :func:`load_model`
-    (``None``: the default model) or any ``nn.Module`` mapping (N, 3, H, W) in [-1, 1]
-    to the same shape; a plain module has no ground resolution, so nothing is
-    resampled for it; a checkpoint path is loaded. ``progress(done, total)`` is called
-    after every batch of tiles.
+    ``model``: a checkpoint path (``None``: the default model), a
+    :class:`~geo_pix2pix.model_spec.ModelSpec`, or a module mapping (N, 3, H, W) in [-1, 1]
+    to the same shape, resolved on ``device`` by :func:`~geo_pix2pix.model_spec.resolve_model`
+    (a :class:`~geo_pix2pix.Generator` runs on the engine; a module without a ground
+    resolution is not resampled). ``progress(done, total)`` is called after every batch.
 
     ``client``: a ``distributed.Client``, a scheduler address (``tcp://HOST:PORT``) or
     ``local:N`` (N local workers): tile rows are rendered on that Dask cluster and
@@ -146,13 +145,8 @@ def render(
 
             remote = stack.enter_context(RemoteRender.open(client, model, device))
             model = remote.model
-        elif model is None or isinstance(model, (str, os.PathLike)):
-            model = load_model(model, device)
-        elif device is not None:
-            from .devices import resolve_device
-
-            model = model.to(resolve_device(device))
-        model.eval()
+        else:
+            model = resolve_model(model, device)
         _check_options(tile_size, overlap, batch_size, model)
 
         stack.enter_context(gdal_config())
@@ -160,7 +154,7 @@ def render(
         ds = raster.dataset
         pixel = ground_pixel_size(ds.crs, ds.transform, ds.width, ds.height) if raster.georeferenced else None
         in_res = None if pixel is None else (pixel[0] + pixel[1]) / 2
-        model_res = getattr(model, "ground_resolution", None)
+        model_res = model.ground_resolution
         factor = grid_factors(os.fspath(src), pixel, model_res)
         resampled = factor is not None
         grid_shape = model_grid_shape(ds.width, ds.height, factor) if resampled else (ds.width, ds.height)

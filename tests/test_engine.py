@@ -9,7 +9,7 @@ from torch import nn
 
 from geo_pix2pix import Generator
 from geo_pix2pix.devices import cpu_has_native_bf16
-from geo_pix2pix.engine import InferenceUNet, PackedConv, SubPixelDeconv, fold_batch_norm, packing_available
+from geo_pix2pix.engine import InferenceUNet, SubPixelDeconv, fold_batch_norm
 from geo_pix2pix.model import Pix2PixModel, run_batch
 from geo_pix2pix.networks import GeneratorConfig
 
@@ -93,19 +93,35 @@ def test_fold_batch_norm(transposed):
 
 
 def test_model_uses_the_engine_and_follows_weight_changes():
+    """The engine is a snapshot of the weights: rebuilt after load_state_dict, train(),
+    to() and refresh(), so a change of the weights after a first run is seen."""
     g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
     model = Pix2PixModel(g)
     tiles = np.random.default_rng(0).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+
+    def eager():
+        with torch.no_grad():
+            return g(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
+
     first = run_batch(model, tiles)
     engine = model.engine()
-    assert model.engine() is engine  # cached while the weights stay the same
-    with torch.no_grad():
-        g.head[0].bias.add_(0.5)  # an in-place change of the weights
-    assert model.engine() is not engine
+    assert model.engine() is engine  # cached while nothing changed
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["generator.head.0.bias"] += 0.5
+    model.load_state_dict(state)
     second = run_batch(model, tiles)
+    assert np.abs(second - eager()).max() < 1e-4 and np.abs(second - first).max() > 1e-3
+    model.train()
     with torch.no_grad():
-        want = g(torch.from_numpy(tiles).float() / 127.5 - 1).numpy()
-    assert np.abs(second - want).max() < 1e-4 and np.abs(second - first).max() > 1e-3
+        g.head[0].bias.sub_(0.5)  # fine-tuning happens in training mode
+    assert np.abs(run_batch(model.eval(), tiles) - first).max() < 1e-4
+    with torch.no_grad():
+        g.head[0].bias.add_(0.25)  # edited in place, in eval mode: refresh() says so
+    model.refresh()
+    assert np.abs(run_batch(model, tiles) - eager()).max() < 1e-4
+    engine = model.engine()
+    model.to("cpu")
+    assert model.engine() is not engine
 
 
 def test_model_with_autograd_runs_the_generator():
@@ -114,62 +130,6 @@ def test_model_with_autograd_runs_the_generator():
     x = torch.rand(1, 3, 256, 256, requires_grad=True)
     model(x).mean().backward()  # the engine has no autograd; the generator does
     assert x.grad is not None and model.__dict__.get("_engine") is None
-
-
-needs_packing = pytest.mark.skipif(not packing_available(), reason="this PyTorch has no oneDNN")
-
-
-@needs_packing
-@pytest.mark.parametrize("shape", [(8, 3, 256, 256), (1, 3, 256, 256), (3, 3, 512, 256)])
-def test_packed_engine_equals_unpacked(shape):
-    """Prepacked weights are only a layout hint: any batch and tile size gives the same result."""
-    g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
-    x = torch.rand(*shape) * 2 - 1
-    packed, plain = InferenceUNet(g), InferenceUNet(g, pack=False)
-    assert packed.packed and not plain.packed
-    assert any(isinstance(m, PackedConv) for m in packed.modules())
-    with torch.no_grad():
-        got, want, ref = packed(x), plain(x), g(x)
-    assert torch.equal(got, want)  # the same oneDNN kernels: bit-identical
-    assert float((got - ref).abs().max()) < 1e-4
-
-
-def test_engine_packs_only_where_it_was_measured():
-    inst = InferenceUNet(trained_like(GeneratorConfig(base_width=8, norm="instance")))
-    quantisable = InferenceUNet(trained_like(GeneratorConfig(base_width=8, norm="batch")), subpixel_decoder=True)
-    assert not inst.packed and not quantisable.packed
-    assert not any(isinstance(m, PackedConv) for m in [*inst.modules(), *quantisable.modules()])
-
-
-@needs_packing
-@pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("activation, slope", [("none", 0.0), ("relu", 0.0), ("leaky_relu", 0.2)])
-def test_packed_conv_equals_conv_and_activation(transposed, activation, slope):
-    torch.manual_seed(2)
-    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(6, 10, 4, stride=2, padding=1)
-    x = torch.randn(2, 6, 9, 5).contiguous(memory_format=torch.channels_last)
-    act = {"none": nn.Identity(), "relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(slope)}[activation]
-    with torch.no_grad():
-        got = PackedConv(conv, activation, slope, input_size=(8, 6, 32, 32))(x)
-        assert float((got - act(conv(x))).abs().max()) < 1e-5
-
-
-@needs_packing
-def test_packed_engine_pickles_copies_and_refuses_to_move():
-    import copy
-    import pickle
-
-    g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
-    engine = InferenceUNet(g)
-    x = torch.rand(2, 3, 256, 256) * 2 - 1
-    with torch.no_grad():
-        want = engine(x)
-        for other in (pickle.loads(pickle.dumps(engine)), copy.deepcopy(engine)):
-            assert torch.equal(other(x), want)
-    with pytest.raises(RuntimeError, match="build the engine again"):
-        engine.double()
-    with pytest.raises(ValueError, match="pack=True and subpixel_decoder=True"):
-        InferenceUNet(g, pack=True, subpixel_decoder=True)
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])
@@ -197,31 +157,6 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
     model = Pix2PixModel(trained_like(GeneratorConfig(base_width=8, norm="instance")), precision="bf16")
     with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* use --precision int8 or fp32"):
         model.engine()
-
-
-@needs_packing
-@pytest.mark.skipif(not cpu_has_native_bf16(), reason="oneDNN packs bfloat16 weights only on CPUs with bfloat16")
-def test_bfloat16_engine_packs_channels_last_models_and_pickles(monkeypatch):
-    import pickle
-
-    from geo_pix2pix.engine import bfloat16_engine
-
-    g = trained_like(GeneratorConfig(base_width=8, norm="batch"))
-    e = bfloat16_engine(g, cpu="avx512_bf16")  # the NCHW-or-packed engine of CPUs without AMX
-    assert e.packed and isinstance(e.head.conv, PackedConv)
-    assert e.head.conv.weight.dtype == torch.bfloat16
-    x = torch.rand(2, 3, 256, 256) * 2 - 1
-    with torch.no_grad():
-        want, got = g(x), e(x)
-        again = pickle.loads(pickle.dumps(e))(x)
-    assert got.dtype == torch.float32 and float((got - want).abs().mean()) < 0.01
-    assert torch.equal(again, got)
-    assert not bfloat16_engine(trained_like(GeneratorConfig(base_width=8, norm="instance")), cpu="avx512_bf16").packed
-    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: False)
-    unpacked = bfloat16_engine(g, cpu=None)  # where oneDNN cannot reorder bfloat16 weights
-    assert not unpacked.packed
-    with torch.no_grad():
-        assert float((unpacked(x) - want).abs().mean()) < 0.01
 
 
 def test_run_batch_autocasts_only_float32_models(monkeypatch):
@@ -272,13 +207,10 @@ def test_a_pickled_model_leaves_the_checkpoints_other_contents_behind(tmp_path):
 
 @pytest.fixture
 def amx_choice(monkeypatch):
-    """The engine chooses as on a CPU with AMX; whether bfloat16 weights can be packed is
-    still asked of the real CPU (oneDNN packs them only where it has bfloat16)."""
+    """The engine chooses as on a CPU with AMX."""
     from geo_pix2pix import devices
 
-    native = devices.cpu_has_native_bf16()
     monkeypatch.setattr(devices, "cpu_bf16_kind", lambda: "amx")
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])
@@ -294,20 +226,6 @@ def test_channels_last_engine_equals_generator(norm, width, shape):
         want, got = g(x), engine(x)
     assert got.shape == want.shape and got.dtype == torch.float32 and got.is_contiguous()
     assert float((got - want).abs().max()) < 1e-4
-    assert packing_available() == any(isinstance(m, PackedConv) for m in engine.modules())
-
-
-def test_channels_last_engine_without_packing(monkeypatch):
-    """Where oneDNN cannot pack (no oneDNN, bfloat16 on a CPU without it): plain channels-last convolutions."""
-    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
-
-    monkeypatch.setattr("geo_pix2pix.engine_nhwc.packing_available", lambda: False)
-    g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
-    engine = ChannelsLastUNet(g, dtype=torch.float32)
-    assert not any(isinstance(m, PackedConv) for m in engine.modules())
-    x = torch.rand(2, 3, 256, 256) * 2 - 1
-    with torch.no_grad():
-        assert float((engine(x) - g(x)).abs().max()) < 1e-4
 
 
 @pytest.mark.parametrize("cin, cout, size", [(5, 3, 7), (8, 6, 1)])

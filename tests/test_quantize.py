@@ -9,11 +9,11 @@ import torch
 from clihelpers import assert_user_error, cli
 
 import geo_pix2pix
+from geo_pix2pix.accel.int8 import calibrate, quantize
 from geo_pix2pix.checkpoints import load_checkpoint, save_checkpoint
 from geo_pix2pix.errors import CheckpointError
 from geo_pix2pix.model import Pix2PixModel, run_batch
 from geo_pix2pix.networks import Generator
-from geo_pix2pix.quantize import calibrate, quantize
 
 PALETTE = np.array([[242, 239, 233], [170, 211, 223], [200, 250, 204], [255, 255, 255], [220, 200, 180]], np.uint8)
 
@@ -164,3 +164,15 @@ def test_cli_calibrate_refuses_empty_input_and_existing_output(tmp_path, calibra
     r = cli("calibrate", tmp_path / "x.tif", "-w", weights, "-o", tmp_path / "c.pt")
     assert_user_error(r, "--overwrite")
     assert (tmp_path / "c.pt").read_bytes() == b"keep me"
+
+
+def test_int8_leaves_the_processs_quantised_engine_as_it_was(calibrated, monkeypatch):
+    gen, cal = calibrated
+    other = next((e for e in torch.backends.quantized.supported_engines if e not in ("x86", "none")), None)
+    if other is None:
+        pytest.skip("this PyTorch has one quantised engine")
+    monkeypatch.setattr(torch.backends.quantized, "engine", other)
+    int8 = Pix2PixModel(gen, precision="int8")
+    int8.int8 = cal
+    assert np.isfinite(run_batch(int8, map_like(1, seed=6))).all()
+    assert torch.backends.quantized.engine == other

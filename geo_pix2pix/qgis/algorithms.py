@@ -50,19 +50,20 @@ _model_cache: dict = {}
 
 
 def cached_model(path: str | None, device: str, precision: str = "fp32"):
-    """``load_model(path, device, precision)``, reusing the last model while its file is unchanged."""
-    from ..model import default_model_path, load_model
+    """``resolve_model(path, device, precision)``, reusing the last model while its file is unchanged."""
+    from ..model import default_model_path
+    from ..model_spec import resolve_model
 
     file = path or str(default_model_path())
     try:
         st = os.stat(file)
         key = (os.path.abspath(file), st.st_mtime_ns, st.st_size, device, precision)
     except OSError:
-        key = None  # load_model says what is wrong with the path
+        key = None  # resolve_model says what is wrong with the path
     with _model_lock:
         if key is not None and _model_cache.get("key") == key:
             return _model_cache["model"]
-        model = load_model(path, None if device == "auto" else device, precision=precision)
+        model = resolve_model(path, device, precision)
         _model_cache.update(key=key, model=model)
         return model
 

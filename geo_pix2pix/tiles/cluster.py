@@ -52,9 +52,9 @@ def run_jobs_on_cluster(jobs: Iterable[MetaJob], source: TileSource, model: nn.M
     address or ``local:N``), in completion order."""
     with connect(client) as c:
         shared = None
-        if spec is None or spec.blob is not None:
+        if spec is None or spec.module is not None:
             # One pickled copy of the module, sent once to every worker, not once per job.
-            shared = c.scatter(spec or ModelSpec.of_module(model), broadcast=True, hash=False)
+            shared = c.scatter(spec or ModelSpec.of(model), broadcast=True, hash=False)
         try:
             yield from as_done(c, _run_job_task, jobs, source, settings, shared or spec, name="geo-pix2pix-tiles")
         finally:

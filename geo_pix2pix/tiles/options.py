@@ -27,6 +27,11 @@ class CopyModel(nn.Module):
     identity = "copy"
     ground_resolution = None
     tile_multiple = 1
+    precision = "fp32"
+
+    @property
+    def provenance(self) -> dict:
+        return {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

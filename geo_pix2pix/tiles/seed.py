@@ -41,6 +41,7 @@ from torch import nn
 from .. import __version__
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
 from ..io.atomic import sweep_stale
+from ..model import InferenceModel
 from ..model_spec import ModelSpec
 from ..provenance import model_identity
 from .area import Area
@@ -324,21 +325,13 @@ def _check_dest(dest: Path, kind: str) -> None:
         raise OutputPathError(f"DEST folder {str(parent)!r} does not exist: create it first")
 
 
-def _resolve_model(model, device) -> tuple[nn.Module, ModelSpec | None]:
-    from ..model import load_model
-
-    if model is None or isinstance(model, (str, os.PathLike)):
-        path = None if model is None else os.fspath(model)
-        loaded = load_model(path, device)
-        return loaded, ModelSpec.of_file(path, loaded, device)
-    if device is not None:
-        from ..devices import resolve_device
-
-        model = model.to(resolve_device(device))
-    multiple = getattr(model, "tile_multiple", 1)
-    if 256 % multiple:
-        raise OptionError(f"the model needs tiles in multiples of {multiple} px; map tiles are 256 px")
-    return model.eval(), None
+def _resolve_model(model, device) -> tuple[InferenceModel, ModelSpec]:
+    """The model here, and the spec worker processes get it by."""
+    spec = ModelSpec.of(model, device)
+    loaded = spec.load()
+    if 256 % loaded.tile_multiple:
+        raise OptionError(f"the model needs tiles in multiples of {loaded.tile_multiple} px; map tiles are 256 px")
+    return loaded, spec
 
 
 def _render_zoom(render_zoom: int | None, model: nn.Module, area: Area, zr) -> int:
@@ -348,7 +341,7 @@ def _render_zoom(render_zoom: int | None, model: nn.Module, area: Area, zr) -> i
             raise OptionError(f"--render-zoom {render_zoom!r} must be a zoom from 0 to {MAX_ZOOM} (the zoom the "
                               "model runs at; default: the one matching its ground resolution)")
         return int(render_zoom)
-    res = getattr(model, "ground_resolution", None)
+    res = model.ground_resolution
     if res:
         return native_zoom(res, area.centre[1])
     return zr.max

@@ -1,9 +1,10 @@
 """Running metatile jobs: in this process, in a pool of worker processes, or on a Dask
 cluster (:mod:`.cluster`, when a client is given).
 
-Each worker loads the model once (from its weights file, or unpickled once from the
-main process) and opens the source lazily; jobs go out a few at a time and results
-come back in completion order to the single writer in the main process. Workers use
+Each worker loads the model once from its :class:`~geo_pix2pix.model_spec.ModelSpec`
+(from its weights file, or unpickled: pickled once in the main process) and opens the
+source lazily; jobs go out a few at a time and results come back in completion order to
+the single writer in the main process. Workers use
 the ``spawn`` start method: forking a process that has already run torch's thread
 pools can deadlock.
 """
@@ -52,7 +53,7 @@ def run_jobs(jobs: Iterable[MetaJob], source: TileSource, model: nn.Module, sett
         for job in jobs:
             yield run_metatile(job, source, model, settings)
         return
-    spec = spec or ModelSpec.of_module(model)
+    spec = spec or ModelSpec.of(model)
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,

@@ -1,4 +1,4 @@
-"""ONNX export and an onnxruntime backend (optional extra: ``pip install geo-pix2pix[onnx]``).
+"""Optional: ONNX export and an onnxruntime backend (extra: ``pip install geo-pix2pix[onnx]``).
 
 ``geo-pix2pix export-onnx out.onnx [--weights model.pt]`` writes the inference engine
 (:class:`engine.InferenceUNet`, float32, NCHW, any batch size) as an ONNX graph, with
@@ -13,6 +13,7 @@ It is not faster than the PyTorch engine through render's path on the CPUs measu
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import replacing
-from .engine import InferenceUNet
-from .errors import CheckpointError, OptionError
-from .model import _file_hash
+from ..checkpoints import GROUND_RESOLUTION_RANGE, file_hash
+from ..engine import InferenceUNet
+from ..errors import CheckpointError, OptionError
+from ..io.atomic import replacing
 
 __all__ = ["OnnxModel", "export_onnx", "is_onnx_path"]
 
@@ -43,7 +44,7 @@ def export_onnx(model, dst: str | os.PathLike) -> Path:
     except ImportError:
         raise OptionError("export-onnx needs the onnx package: pip install 'geo-pix2pix[onnx]'") from None
     dst = Path(dst)
-    engine = InferenceUNet(model.generator.cpu().eval(), channels_last=False, pack=False)
+    engine = InferenceUNet(copy.deepcopy(model.generator).cpu().eval(), channels_last=False)
     example = torch.zeros(1, 3, 256, 256)
     with replacing(dst) as tmp:
         with warnings.catch_warnings():
@@ -108,8 +109,6 @@ def _check_signature(session, path: Path) -> None:
 
 def _metadata(meta: dict, path: Path) -> tuple[float | None, int]:
     """The ground resolution and tile multiple from the file's metadata, checked."""
-    from .checkpoints import GROUND_RESOLUTION_RANGE
-
     lo, hi = GROUND_RESOLUTION_RANGE
     text = meta.get("ground_resolution", "")
     try:
@@ -144,7 +143,7 @@ class OnnxModel(nn.Module):
         _check_signature(self.session, path)
         self.path = path
         self.ground_resolution, self.tile_multiple = _metadata(meta, path)
-        self.identity = f"{_file_hash(path)}-onnx"
+        self.identity = f"{file_hash(path)}-onnx"
         self.checkpoint = None
         self.eval()
 

@@ -1,20 +1,11 @@
-"""Reduced-precision CPU inference: int8 post-training static quantisation.
+"""Optional: int8 CPU inference, post-training static quantisation (``torch.ao``'s FX API).
 
-Opt-in (``render --precision int8``, ``load_model(..., precision="int8")``). The
-inference engine (:class:`engine.InferenceUNet`) is quantised with PyTorch's FX graph
-mode for the x86 backend (fbgemm): weights int8 per output channel, activations uint8
-per tensor, with ranges fixed in advance (static quantisation), so that no tile's
-output depends on its batch-mates. The activation ranges come from map tiles:
-
-1. :func:`calibrate` runs the float engine on map tiles with observers (histograms)
-   after every layer and returns their state;
-2. that state is stored in the checkpoint (its ``int8`` entry;
-   ``geo-pix2pix calibrate`` writes it, the default model ships with it);
-3. :func:`quantize` rebuilds the observed graph, loads the stored state and converts:
-   no calibration data is needed where the model runs.
-
-Its speed and its effect on quality are measured in ``docs/performance.md`` and
-``docs/model-card.md`` (``benchmarks/model_throughput.py``).
+``--precision int8`` quantises the engine (:class:`engine.InferenceUNet`, channels-last,
+sub-pixel decoder) for the x86 backend: weights int8 per output channel, activations
+uint8 per tensor with ranges fixed in advance, so no tile depends on its batch-mates.
+:func:`calibrate` observes the ranges on map tiles (``geo-pix2pix calibrate`` stores them
+in the checkpoint; the default model has them); :func:`quantize` converts with them.
+Speed and quality: ``docs/performance.md``, ``docs/model-card.md``.
 """
 
 from __future__ import annotations
@@ -30,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine import ChannelsLast, InferenceUNet, ParityInterleave
-from .errors import CheckpointError, DeviceError
-from .networks import Generator
+from ..engine import ChannelsLast, InferenceUNet, ParityInterleave
+from ..errors import CheckpointError, DeviceError
+from ..networks import Generator
 
 __all__ = ["BACKEND", "calibrate", "quantize"]
 
@@ -56,13 +47,21 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _check_backend() -> None:
+@contextlib.contextmanager
+def _backend() -> Iterator[None]:
+    """PyTorch's quantised engine set to :data:`BACKEND` while weights are packed, and set
+    back after: the caller's process keeps its own setting."""
     if BACKEND not in torch.backends.quantized.supported_engines:
         raise DeviceError(
             f"int8 inference needs PyTorch's {BACKEND!r} quantised engine, which this build "
             f"(torch {torch.__version__}) lacks: use --precision fp32"
         )
+    before = torch.backends.quantized.engine
     torch.backends.quantized.engine = BACKEND
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 #: Layers kept in float32. The first two encoder layers see the map's flat colour
@@ -120,7 +119,6 @@ def _prepared(gen: Generator) -> nn.Module:
     """The float engine with observers inserted (FX graph mode)."""
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    _check_backend()
     # Channels-last throughout: fbgemm's convolutions take NHWC (an NCHW input is copied
     # to NHWC first) and a quantised concatenation of NHWC tensors is 10× faster than of
     # NCHW ones; with it the default model's int8 engine ran 1.3-1.4× faster. Every
@@ -152,7 +150,7 @@ def calibrate(gen: Generator, batches: Iterable[np.ndarray]) -> dict[str, Any]:
     training split kept the validation SSIM within 0.0026 of fp32 (256 tiles: 0.0054, before the
     2 × 2 InstanceNorm fix).
     """
-    with _quiet():
+    with _quiet(), _backend():
         prepared = _prepared(gen)
         tiles = 0
         for batch in batches:
@@ -181,7 +179,7 @@ def quantize(gen: Generator, calibration: dict[str, Any] | None, source: str = "
         )
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    with _quiet():
+    with _quiet(), _backend():
         prepared = _prepared(gen)
         stored = calibration["observers"]
         expected = set(_observer_state(prepared))
