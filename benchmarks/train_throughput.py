@@ -76,7 +76,7 @@ class ReferenceStep:
     """The reference recipe's optimisation step on copies of the trainer's networks."""
 
     def __init__(self, trainer: Trainer) -> None:
-        # plain layers (no geo_pix2pix.networks.conv_transpose), on copies of the weights
+        # plain layers, on copies of the weights
         self.G = ReferenceUNet(copy.deepcopy(trainer.G), dropout=True).train()
         self.D = copy.deepcopy(trainer.D).train()
         c = trainer.config

@@ -261,7 +261,7 @@ def export_checkpoint(
 
     The discriminator is kept by default (it is small) so that training can be
     continued from the shipped file; ``ground_resolution`` and ``provenance`` entries
-    override those of ``src``; so does ``int8`` (calibration from :mod:`quantize`), which
+    override those of ``src``; so does ``int8`` (calibration from :mod:`accel.int8`), which
     is otherwise carried over.
     """
     ckpt = load_checkpoint(src)

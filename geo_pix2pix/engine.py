@@ -1,44 +1,11 @@
-"""The inference engine: a generator rewritten for speed, same function.
+"""The inference engine: a generator rewritten for speed, the same function.
 
-:class:`InferenceUNet` is built from a trained :class:`~geo_pix2pix.networks.Generator`
-in eval mode and computes the same function (within float rounding, about 1e-6 on the
-[-1, 1] scale; ``tests/test_engine.py`` holds it to 1e-4). Each change was chosen by
-measurement (``benchmarks/model_throughput.py``, figures in ``docs/performance.md``):
-
-- **BatchNorm folded into the convolution before it.** At inference BatchNorm is an
-  affine map per channel, so ``norm(conv(x))`` is ``conv'(x)`` with scaled weights and a
-  bias: one pass over the activations instead of two. InstanceNorm depends on the tile
-  itself and stays.
-- **Channels-last memory format** when no norm layer is left (BatchNorm models).
-  oneDNN's (and cuDNN's) fastest convolution kernels work on NHWC; with NCHW tensors
-  every layer reorders its input and output (gain in ``docs/performance.md``).
-  InstanceNorm models stay NCHW, where InstanceNorm is fast.
-- **The last layer as a sub-pixel convolution** (:class:`SubPixelDeconv`). A stride-2
-  transposed convolution to 3 channels runs at a fraction of the machine's rate (its
-  output has so few channels that the matrix products are thin). The same function is
-  a 2 × 2 convolution to 4 × 3 channels whose four parities are interleaved: 2.7× faster
-  here. For the wide decoder layers oneDNN's own transposed convolution is faster in
-  float32, so they stay; the int8 path (:mod:`quantize`) converts them all.
-- **Weights reordered once, activations fused** (:class:`PackedConv`, CPU, float32,
-  channels-last). Called with an ordinary weight, oneDNN reorders it into its blocked
-  layout on every call, which for the wide, small-spatial layers of the U-Net costs
-  more than the convolution itself; PyTorch's ``mkldnn`` operators (the ones its
-  compiler uses when it freezes a model) take the weight reordered in advance and
-  apply the ReLU / LeakyReLU inside the convolution: +12 % on the paper-width
-  generator, bit-identical outputs.
-- **In-place activations**, no dropout, no autograd.
-- **bfloat16, on request** (:func:`bfloat16_engine`, ``--precision bf16``). On a CPU that
-  multiplies bfloat16 in hardware (AVX512-BF16 or AMX) oneDNN's bfloat16 convolutions
-  run at twice the float32 rate or more; outputs differ from float32 by about 0.7 grey
-  levels on average, at most about 12 (``benchmarks/model_throughput.py``).
-
-These choices were measured on a CPU with AVX512-BF16 and no AMX. On a CPU with AMX,
-:func:`float32_engine` and :func:`bfloat16_engine` build :mod:`engine_nhwc`'s
-channels-last engine instead, chosen by the CPU's flags (:func:`devices.cpu_bf16_kind`).
-
-The engine is an inference-only snapshot: it copies the weights when built.
-:class:`~geo_pix2pix.model.Pix2PixModel` builds it lazily and rebuilds it when the
-generator's weights or device change.
+:class:`InferenceUNet` folds BatchNorm into the convolutions, runs BatchNorm models
+channels-last, turns the head into a sub-pixel convolution (:class:`SubPixelDeconv`) and
+runs without dropout or autograd, in float32 or (``--precision bf16``) bfloat16. On CPUs
+with AMX :func:`float32_engine` and :func:`bfloat16_engine` build :mod:`engine_nhwc`'s
+channels-last engine instead. Each choice, and the CPU it was measured on, is in
+``docs/performance.md``; ``tests/test_engine.py`` holds every engine to the generator.
 """
 
 from __future__ import annotations
@@ -49,16 +16,15 @@ from torch import nn
 from . import devices
 from .networks import Generator
 
-#: Tiles per network evaluation (``model.run_batch``), and the batch the engine's
-#: weights are packed for. Convolution libraries (oneDNN, cuDNN) pick different
+#: Tiles per network evaluation (``model.run_batch``). Convolution libraries (oneDNN, cuDNN) pick different
 #: algorithms for different batch sizes, whose float results differ in the last bit
 #: (measured: up to 2e-7, enough to flip a few uint8 values per tile). With a fixed
 #: chunk, zero-padded when short, a tile's output is bit-identical whatever the
 #: batch size asked for, its batch-mates, or its position in the batch.
 COMPUTE_CHUNK = 8
 
-__all__ = ["COMPUTE_CHUNK", "ChannelsLast", "InferenceUNet", "PackedConv", "ParityInterleave", "SubPixelDeconv",
-           "bfloat16_engine", "float32_engine", "fold_batch_norm", "packing_available", "prefers_channels_last"]
+__all__ = ["COMPUTE_CHUNK", "ChannelsLast", "InferenceUNet", "ParityInterleave", "SubPixelDeconv",
+           "bfloat16_engine", "float32_engine", "fold_batch_norm", "prefers_channels_last"]
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +72,7 @@ class SubPixelDeconv(nn.Module):
     multiply-adds as the transposed convolution (plus one row and column), but as a
     plain convolution, which int8 kernels quantise per output channel (PyTorch cannot
     quantise a transposed convolution per channel, and per tensor it loses the
-    picture: see :mod:`quantize`).
+    picture: see :mod:`accel.int8`).
     """
 
     #: kernel rows (or columns) of the 4 × 4 kernel used by parity 0 and parity 1,
@@ -141,7 +107,7 @@ class ParityInterleave(nn.Module):
     Parity ``(a, b)`` (channels ``4c + 2a + b``) is the grid shifted by ``(a, b)``. The
     result is laid out channels-last (memory order N, 2H, 2W, C), what the next
     convolution wants, built with two stacks of views and no pixel shuffle. A module of
-    its own so that the int8 path can keep it in float (:mod:`quantize`).
+    its own so that the int8 path can keep it in float (:mod:`accel.int8`).
     """
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -157,76 +123,6 @@ class ParityInterleave(nn.Module):
         return y.reshape(n, 2 * h, 2 * w, -1).permute(0, 3, 1, 2)  # (N, C, 2H, 2W), channels-last
 
 
-_PACKED_OPS = ("_convolution_pointwise", "_convolution_transpose_pointwise", "_reorder_convolution_weight",
-               "_reorder_convolution_transpose_weight")
-
-
-def packing_available() -> bool:
-    """Whether this PyTorch has oneDNN's prepacked-weight convolution operators, and
-    oneDNN is not switched off (``torch.backends.mkldnn.enabled``)."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and all(hasattr(torch.ops.mkldnn, op) for op in _PACKED_OPS))
-
-
-class PackedConv(nn.Module):
-    """A convolution (or transposed convolution) and its activation as one oneDNN call.
-
-    The weight is reordered once, here, into the blocked layout oneDNN picks for the
-    expected input (any other input size still works: the layout is a hint), and the
-    activation (``"relu"``, ``"leaky_relu"`` or ``"none"``) runs inside the convolution.
-    CPU, float32 or bfloat16; the weight is a oneDNN tensor, so the module is a snapshot: it pickles
-    and copies (as the ordinary weight, packed again on arrival) but is not moved to
-    another device or dtype, nor trained.
-    """
-
-    def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d, activation: str = "none", slope: float = 0.0,
-                 input_size: tuple[int, int, int, int] | None = None) -> None:
-        super().__init__()
-        if conv.weight.device.type != "cpu" or conv.weight.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"PackedConv runs float32 or bfloat16 on the CPU, not {conv.weight.dtype} on "
-                             f"{conv.weight.device}")
-        if conv.groups != 1 or conv.padding_mode != "zeros":
-            raise ValueError(f"PackedConv needs one group and zero padding, not {conv}")
-        self.transposed = isinstance(conv, nn.ConvTranspose2d)
-        self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation))
-        self.output_padding = list(conv.output_padding) if self.transposed else None
-        self.activation, self.scalars = activation, ([slope] if activation == "leaky_relu" else [])
-        self.input_size = list(input_size) if input_size else None
-        self.weight = self._packed(conv.weight.detach())
-        self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
-
-    def _packed(self, w: torch.Tensor) -> torch.Tensor:
-        padding, stride, dilation = self.geometry
-        if self.transposed:
-            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                w, padding, self.output_padding, stride, dilation, 1, self.input_size)
-        return torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, 1, self.input_size)
-
-    def __getstate__(self) -> dict:
-        # A oneDNN tensor does not pickle or copy: travel as the ordinary weight.
-        state = dict(self.__dict__)
-        dense = self.weight.to_dense()
-        state["weight"] = dense.transpose(0, 1).contiguous() if self.transposed else dense
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.weight = self._packed(state["weight"])
-
-    def _apply(self, fn, recurse=True):
-        raise RuntimeError("a PackedConv is a CPU snapshot: build the engine again (InferenceUNet) "
-                           "for another device or dtype")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding, stride, dilation = self.geometry
-        if self.transposed:
-            return torch.ops.mkldnn._convolution_transpose_pointwise(
-                x, self.weight, self.bias, padding, self.output_padding, stride, dilation, 1,
-                self.activation, self.scalars, "")
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.bias, padding, stride, dilation, 1, self.activation, self.scalars, "")
-
-
 class ChannelsLast(nn.Module):
     """The engine's input converted to channels-last (a module: the int8 path keeps it in
     float, so that the map itself is not quantised on the way in)."""
@@ -237,7 +133,7 @@ class ChannelsLast(nn.Module):
 
 class _Block(nn.Module):
     """conv → [norm] → activation, the activation in place. Modules, not functions,
-    so that quantisation (:mod:`quantize`) recognises and fuses them."""
+    so that quantisation (:mod:`accel.int8`) recognises and fuses them."""
 
     def __init__(self, conv: nn.Module, norm: nn.Module | None, slope: float) -> None:
         super().__init__()
@@ -247,16 +143,6 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
-
-    def pack(self, input_size: tuple[int, int, int, int]) -> None:
-        """Replace the convolution by a :class:`PackedConv`, with the activation fused
-        into it when no norm layer stands between them."""
-        if not isinstance(self.norm, nn.Identity):
-            self.conv = PackedConv(self.conv, input_size=input_size)
-            return
-        slope = self.act.negative_slope if isinstance(self.act, nn.LeakyReLU) else 0.0
-        self.conv = PackedConv(self.conv, "leaky_relu" if slope else "relu", slope, input_size)
-        self.act = nn.Identity()
 
 
 def prefers_channels_last(gen: nn.Module) -> bool:
@@ -274,7 +160,7 @@ class InferenceUNet(nn.Module):
     """
 
     def __init__(self, gen: Generator, channels_last: bool | None = None, subpixel_decoder: bool = False,
-                 pack: bool | None = None, batch: int = COMPUTE_CHUNK, dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if gen.training:
             raise ValueError("build the engine from a generator in eval mode (gen.eval())")
@@ -300,34 +186,7 @@ class InferenceUNet(nn.Module):
             self.to(memory_format=torch.channels_last)
         if dtype != torch.float32:
             self.to(dtype)
-        if pack is None:
-            # Measured on channels-last models only; the quantised and ONNX paths need
-            # ordinary modules, and oneDNN is a CPU library, which reorders bfloat16
-            # weights only on CPUs with bfloat16 support (elsewhere: unpacked and slow,
-            # see model.py).
-            weight = self.head.conv.weight
-            pack = (channels_last and not subpixel_decoder and packing_available() and weight.device.type == "cpu"
-                    and (weight.dtype == torch.float32
-                         or (weight.dtype == torch.bfloat16 and devices.cpu_has_native_bf16())))
-        if pack and subpixel_decoder:
-            raise ValueError("pack=True and subpixel_decoder=True: the sub-pixel decoder is for the int8 path, "
-                             "which packs its own weights")
-        self.packed = pack
-        if pack:
-            self._pack(batch)
         self.eval().requires_grad_(False)
-
-    def _pack(self, batch: int) -> None:
-        self.packed = True
-        size = max(256, self.config.multiple)  # the layout hint: a 256² tile
-        for down in self.downs:
-            down.pack((batch, down.conv.in_channels, size, size))
-            size //= 2
-        for up in self.ups:
-            up.pack((batch, up.conv.in_channels, size, size))
-            size *= 2
-        conv = self.head.conv
-        self.head.conv = PackedConv(conv, input_size=(batch, conv.in_channels, size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype != torch.float32:  # a constant: tracing (int8, ONNX) sees no cast
@@ -358,29 +217,20 @@ def _amx_engine(gen: Generator, cpu: str | None, dtype: torch.dtype) -> nn.Modul
 
 def float32_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
     """The engine of ``gen`` in float32 (``--precision fp32``, the default), its layout chosen
-    by the CPU as in :func:`bfloat16_engine`: on a CPU with AMX the channels-last engine,
-    which measured faster there than :class:`InferenceUNet` for InstanceNorm models and as
-    fast for BatchNorm ones (``docs/performance.md``); elsewhere :class:`InferenceUNet`, as
-    measured without AMX."""
+    by the CPU as in :func:`bfloat16_engine`: the channels-last engine on a CPU with AMX,
+    elsewhere :class:`InferenceUNet`."""
     return _amx_engine(gen, cpu, torch.float32) or InferenceUNet(gen)
 
 
 def bfloat16_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
-    """The engine of ``gen`` in bfloat16 (``--precision bf16``): float32 tiles in and
-    out, bfloat16 weights and activations in between (validation split, default model:
-    L1 +0.0002 and SSIM −0.0006 against float32, ``docs/performance.md``).
-
-    The layout is chosen by how the CPU multiplies bfloat16: ``cpu``, by default
-    (``"auto"``) :func:`devices.cpu_bf16_kind`, read once; the tests pass its values to run
-    every path on any CPU:
+    """The engine of ``gen`` in bfloat16 (``--precision bf16``): float32 tiles in and out,
+    bfloat16 weights and activations in between. The layout follows how the CPU multiplies
+    bfloat16: ``cpu``, by default :func:`devices.cpu_bf16_kind` (the tests pass each value):
 
     - ``"amx"``: :class:`engine_nhwc.ChannelsLastUNet`, every layer channels-last with
-      packed weights and a sub-pixel decoder, the layout oneDNN's AMX kernels work in;
-    - otherwise (AVX512-BF16, or emulated) the float32 engine's graph, as measured
-      without AMX: NCHW (InstanceNorm) models get the sub-pixel decoder, whose 2 × 2
-      convolutions oneDNN runs faster in bfloat16 than its transposed ones; channels-last
-      (BatchNorm) models keep the transposed convolutions and, where oneDNN can reorder
-      bfloat16 weights, have them packed.
+      a sub-pixel decoder, the layout oneDNN's AMX kernels work in;
+    - otherwise (AVX512-BF16, or emulated) the float32 engine's graph; NCHW (InstanceNorm)
+      models get the sub-pixel decoder, which oneDNN runs faster in bfloat16.
     """
     return (_amx_engine(gen, cpu, torch.bfloat16)
             or InferenceUNet(gen, subpixel_decoder=not prefers_channels_last(gen), dtype=torch.bfloat16))

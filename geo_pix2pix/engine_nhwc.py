@@ -1,29 +1,13 @@
-"""The engine for CPUs with AMX: every layer channels-last, every weight packed.
+"""The engine for CPUs with AMX: every layer channels-last.
 
-Intel's AMX tiles multiply bfloat16 at several times the AVX-512 rate, and oneDNN's AMX
-convolutions (``brg_conv_fwd:…_amx``) read and write NHWC tensors. The choices of
-:class:`engine.InferenceUNet`, measured on a CPU without AMX, leave InstanceNorm models
-(the default model) in NCHW, with weights unpacked: on AMX every convolution then
-reorders its input, its output and its weight on every call, which cost more than the
-multiplications (``docs/performance.md``, Xeon section). :class:`ChannelsLastUNet`
-computes the same function as the generator:
-
-- **every convolution channels-last, its weight packed once** (:class:`engine.PackedConv`),
-  BatchNorm folded into it and the activation fused where no InstanceNorm follows;
-- **InstanceNorm as one ``batch_norm`` per tile** (:class:`TileNorm`): over one tile,
-  batch_norm's statistics are InstanceNorm's, and its channels-last kernel keeps the
-  layout (``InstanceNorm2d`` converts to NCHW and back);
-- **every decoder layer as a sub-pixel 2 × 2 convolution** (:func:`parity_major_conv`,
-  the function of :class:`engine.SubPixelDeconv`), its output channels ordered by parity
-  so that interleaving copies runs of whole pixels' channels, written straight into the
-  buffer in which the skip connection is concatenated;
-- **the head's tanh fused into its convolution**, its parities interleaved straight into
-  the float32 NCHW output.
-
-:func:`engine.bfloat16_engine` builds it where :func:`devices.cpu_bf16_kind` finds AMX;
-it runs in float32 too (``dtype``), on any CPU, which is how the tests hold it to the
-generator's function. Like :class:`engine.InferenceUNet` it is an inference-only CPU
-snapshot of the weights.
+oneDNN's AMX convolutions read and write NHWC tensors; :class:`engine.InferenceUNet`
+leaves InstanceNorm models (the default model) in NCHW, so on AMX every convolution would
+reorder its input and output on every call. :class:`ChannelsLastUNet` computes the same
+function with every convolution channels-last (BatchNorm folded in, the activation applied
+in place), InstanceNorm as one ``batch_norm`` per tile (:class:`TileNorm`), every decoder
+layer as a parity-major sub-pixel convolution written straight into the skip connection's
+buffer, and the head's tanh applied before its parities are interleaved into the float32
+NCHW output. Chosen by :func:`devices.cpu_bf16_kind`; it runs on any CPU (the tests).
 """
 
 from __future__ import annotations
@@ -32,8 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import devices
-from .engine import COMPUTE_CHUNK, PackedConv, SubPixelDeconv, fold_batch_norm, packing_available
+from .engine import SubPixelDeconv, fold_batch_norm
 from .networks import Generator
 
 __all__ = ["ChannelsLastUNet", "TileNorm", "interleave_into", "parity_major_conv"]
@@ -94,11 +77,10 @@ class TileNorm(nn.Module):
         return out
 
 
-class _PlainConv(nn.Module):
-    """A channels-last convolution and its activation, where weights cannot be packed
-    (no oneDNN, or bfloat16 on a CPU without it: correct, not fast)."""
+class _Conv(nn.Module):
+    """A channels-last convolution and the activation after it, in place."""
 
-    def __init__(self, conv: nn.Conv2d, activation: str, slope: float) -> None:
+    def __init__(self, conv: nn.Conv2d, activation: str, slope: float = 0.0) -> None:
         super().__init__()
         self.conv = conv.to(memory_format=_CL)
         self.activation, self.slope = activation, slope
@@ -112,22 +94,13 @@ class _PlainConv(nn.Module):
         return y.tanh_() if self.activation == "tanh" else y
 
 
-def _conv(conv: nn.Conv2d, activation: str, slope: float, input_size: tuple[int, int, int, int]) -> nn.Module:
-    weight = conv.weight
-    if packing_available() and weight.device.type == "cpu" and (
-            weight.dtype == torch.float32 or devices.cpu_has_native_bf16()):
-        return PackedConv(conv, activation, slope, input_size)
-    return _PlainConv(conv, activation, slope)
-
-
 class _Down(nn.Module):
     """Encoder block: convolution → [InstanceNorm] → LeakyReLU."""
 
-    def __init__(self, conv: nn.Conv2d, norm: nn.Module | None, slope: float, dtype: torch.dtype,
-                 input_size: tuple[int, int, int, int]) -> None:
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module | None, slope: float, dtype: torch.dtype) -> None:
         super().__init__()
         fused = "none" if norm is not None else ("leaky_relu" if slope else "relu")
-        self.conv = _conv(conv.to(dtype), fused, slope, input_size)
+        self.conv = _Conv(conv.to(dtype), fused, slope)
         self.norm = TileNorm(norm, slope) if norm is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,12 +112,10 @@ class _Up(nn.Module):
     """Decoder block: sub-pixel convolution → [InstanceNorm] → ReLU, written into the
     concatenation with the skip connection (N, C + C_skip, 2H, 2W)."""
 
-    def __init__(self, deconv: nn.ConvTranspose2d, norm: nn.Module | None, dtype: torch.dtype,
-                 input_size: tuple[int, int, int, int]) -> None:
+    def __init__(self, deconv: nn.ConvTranspose2d, norm: nn.Module | None, dtype: torch.dtype) -> None:
         super().__init__()
         self.channels = deconv.out_channels
-        self.conv = _conv(parity_major_conv(deconv).to(dtype), "none" if norm is not None else "relu", 0.0,
-                          input_size)
+        self.conv = _Conv(parity_major_conv(deconv).to(dtype), "none" if norm is not None else "relu")
         self.norm = TileNorm(norm, 0.0) if norm is not None else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -165,30 +136,26 @@ class ChannelsLastUNet(nn.Module):
     """Inference-only, channels-last form of a :class:`Generator` (module docstring).
 
     ``dtype``: the precision of weights and activations (bfloat16 by default); tiles go
-    in and come out as float32 NCHW. ``batch``: the batch the weights are packed for (a
-    layout hint: any batch and any multiple of the generator's tile size work).
+    in and come out as float32 NCHW, any batch and any multiple of the generator's tile size.
     """
 
-    def __init__(self, gen: Generator, dtype: torch.dtype = torch.bfloat16, batch: int = COMPUTE_CHUNK) -> None:
+    def __init__(self, gen: Generator, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         if gen.training:
             raise ValueError("build the engine from a generator in eval mode (gen.eval())")
         self.dtype, self.config = dtype, gen.config
-        size = max(256, gen.config.multiple)  # the layout hint: a 256² tile
         downs = []
         for d in gen.downs:  # (N, 3, 256, 256) → … → (N, 512, 1, 1)
             conv, norm = fold_batch_norm(d.conv, d.norm)
-            downs.append(_Down(conv, norm, d.act.negative_slope, dtype, (batch, conv.in_channels, size, size)))
-            size //= 2
+            downs.append(_Down(conv, norm, d.act.negative_slope, dtype))
         ups = []
         for u in gen.ups:  # (N, 512, 1, 1) → … → (N, 128, 128, 128) with the skips
             conv, norm = fold_batch_norm(u.conv, u.norm)
-            ups.append(_Up(conv.float(), norm, dtype, (batch, conv.in_channels, size, size)))
-            size *= 2
+            ups.append(_Up(conv.float(), norm, dtype))
         self.downs, self.ups = nn.ModuleList(downs), nn.ModuleList(ups)
         head = gen.head[0]
         self.out_channels = head.out_channels
-        self.head = _conv(parity_major_conv(head).to(dtype), "tanh", 0.0, (batch, head.in_channels, size, size))
+        self.head = _Conv(parity_major_conv(head).to(dtype), "tanh")
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

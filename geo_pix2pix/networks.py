@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = [
     "Discriminator",
@@ -127,29 +126,6 @@ class Down(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
-def conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for the U-Net's stride-2 transposed convolutions, the same function.
-
-    On the CPU, for the wide innermost layers (1-8 px inputs at batch 1, weights of 16 to
-    33 MB) oneDNN spends most of its time reordering the weight and its gradient into
-    its blocked layout, on every call: the work is a few MFLOP per pixel, the weight is
-    read once. There the layer runs as what it is, one matrix product of the weight with
-    the input pixels (MKL, no reorder) and a :func:`~torch.nn.functional.fold` that adds
-    the 4 × 4 patches up; autograd differentiates both. Measured forward + backward at
-    batch 1 (paper width): 1024→512 at 2 px 56 → 23 ms, at 4 px 30 → 12 ms, at 8 px
-    68 → 34 ms; not at 16 px or for the narrow default model's layers, which stay on
-    oneDNN (``benchmarks/train_throughput.py``).
-    """
-    n, cin, h, w = x.shape
-    if (x.device.type != "cpu" or n * h * w > 64 or cin * conv.out_channels < 1 << 18
-            or conv.kernel_size != (4, 4) or conv.stride != (2, 2) or conv.padding != (1, 1)
-            or conv.output_padding != (0, 0) or conv.groups != 1 or conv.dilation != (1, 1)):
-        return conv(x)
-    patches = torch.matmul(conv.weight.reshape(cin, -1).t(), x.reshape(n, cin, h * w))  # (N, C_out·16, H·W)
-    y = F.fold(patches, (2 * h, 2 * w), 4, padding=1, stride=2)
-    return y if conv.bias is None else y + conv.bias.reshape(1, -1, 1, 1)
-
-
 class Up(nn.Module):
     """Decoder block Ck / CDk: ConvTranspose(4, stride 2) → Norm → [Dropout] → ReLU."""
 
@@ -161,7 +137,7 @@ class Up(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(self.norm(conv_transpose(self.conv, x))))
+        return self.act(self.drop(self.norm(self.conv(x))))
 
 
 class Generator(nn.Module):
