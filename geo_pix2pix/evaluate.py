@@ -41,6 +41,7 @@ from .grid.blend import RowMerger
 from .grid.core import render_rows
 from .grid.cut import ArrayReader
 from .grid.tiling import DEFAULT_OVERLAP, TileGrid
+from .model_spec import resolve_model
 
 __all__ = ["EVAL_SIZE", "Evaluation", "Scores", "Structure", "evaluate", "format_table", "render_tiles", "resize"]
 
@@ -139,7 +140,9 @@ def resize(img: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
 
 def render_tiles(model: nn.Module, maps: np.ndarray, overlap: int = DEFAULT_OVERLAP,
                  tile_size: int = EVAL_SIZE, batch_size: int = 64) -> np.ndarray:
-    """Apply ``model`` to map images (N, H, W, 3) uint8 as :func:`render` would; uint8 out."""
+    """Apply ``model`` to map images (N, H, W, 3) uint8 as :func:`render` would (the model
+    resolved as render resolves it); uint8 out."""
+    model = resolve_model(model)
     n, h, w = maps.shape[:3]
     grid = TileGrid(h, w, tile_size, overlap)
     readers = [ArrayReader(np.ascontiguousarray(img.transpose(2, 0, 1))) for img in maps]

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 
-__all__ = ["PRESETS", "TrainConfig", "Trainer", "checkpoint_recipe", "train"]
+__all__ = ["PRESETS", "TrainConfig", "Trainer", "checkpoint_recipe"]
 
 #: ``geo-pix2pix train --preset NAME``: whole recipes, in the CLI's option names; any
 #: option given on the command line overrides its preset value.
@@ -457,23 +457,6 @@ def checkpoint_recipe(ckpt: Checkpoint) -> dict:
     if ckpt.ground_resolution is not None:
         recipe["ground_resolution"] = ckpt.ground_resolution
     return recipe
-
-
-def train(source: PairSource, out_dir: str | Path, config: TrainConfig | None = None, *,
-          generator_config: GeneratorConfig | None = None,
-          discriminator_config: DiscriminatorConfig | None = None,
-          device: str | None = None, resume: str | Path | None = None,
-          provenance: dict | None = None,
-          progress: Callable[[int, dict], None] | None = None) -> Path:
-    """Train (or continue training) a model; returns the path of the final checkpoint."""
-    trainer = Trainer(source, out_dir, config or TrainConfig(), generator_config,
-                      discriminator_config, device, provenance)
-    try:
-        if resume is not None:
-            trainer.resume(resume)
-        return trainer.fit(progress)
-    finally:
-        trainer.close()
 
 
 def _no_sync(module: nn.Module):

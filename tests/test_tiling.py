@@ -126,7 +126,8 @@ def test_grid_rejects_bad_arguments():
 def test_explicit_starts_are_checked_and_kept():
     grid = TileGrid(300, 200, 64, 16, row_starts=[-10, 40, 90, 140, 190, 240], col_starts=[0, 64, 128, 136])
     assert grid.shape == (6, 4) and grid.row_starts[0] == -10 and grid.rows_done_after(0) == 40
-    for starts, match in (([0, 64], "cover"), ([5, 60, 120, 180, 240], "cover"), ([0, 65, 130, 195, 250], "gap"),
+    for starts, match in (([0, 64], "cover"), ([5, 60, 120, 180, 240], "cover"), ([-64, 0, 64, 128, 192, 256], "cover"),
+                          ([0, 64, 128, 192, 256, 300], "cover"), ([0, 65, 130, 195, 250], "gap"),
                           ([0, 0, 64, 128, 192, 256], "increase")):
         with pytest.raises(ValueError, match=match):
             TileGrid(300, 200, 64, 16, row_starts=starts)

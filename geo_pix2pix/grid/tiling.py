@@ -219,8 +219,8 @@ def _given_starts(starts: Sequence[int] | None, length: int, tile_size: int, ove
     if not 0 <= overlap < tile_size:
         raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
     out = [int(s) for s in starts]
-    if not out or out[0] > 0 or out[-1] + tile_size < length:
-        raise ValueError(f"tile starts {out} must cover [0, {length}) with tiles of {tile_size}")
+    if not out or not -tile_size < out[0] <= 0 or not length - tile_size <= out[-1] < length:
+        raise ValueError(f"tile starts {out} must cover [0, {length}) with tiles of {tile_size}, each reaching into it")
     for a, b in zip(out, out[1:], strict=False):
         if not a < b <= a + tile_size:
             raise ValueError(f"tile starts {a}, {b} must increase by 1 to {tile_size} (no gap between tiles)")
