@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import geo_pix2pix
-from geo_pix2pix.model import run_batch
+from geo_pix2pix.model.load import run_batch
 
 
 def maps_from(folder: Path, n: int, side_by_side: bool) -> list[np.ndarray]:

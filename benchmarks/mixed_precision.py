@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from geo_pix2pix import devices
-from geo_pix2pix.checkpoints import load_checkpoint
-from geo_pix2pix.cli import _pair_source
-from geo_pix2pix.data import Jitter, JitteredPairs, split_names
-from geo_pix2pix.model import default_model_path
+from geo_pix2pix.cli.main import _pair_source
+from geo_pix2pix.model.checkpoints import load_checkpoint
+from geo_pix2pix.model.load import default_model_path
+from geo_pix2pix.train.data import Jitter, JitteredPairs, split_names
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -6,7 +6,7 @@ repeat), so that a machine whose speed moves from second to second affects both 
 It prints the median time per call of each way and the candidate's gain as the median
 of the per-pair time ratios, next to the CPU and its flags:
 
-- **packed weights** in the channels-last engine (:class:`~geo_pix2pix.engine_nhwc.ChannelsLastUNet`,
+- **packed weights** in the channels-last engine (:class:`~geo_pix2pix.model.engine_amx.ChannelsLastUNet`,
   the engine on CPUs with AMX), fp32 and bf16, chunk of 8 tiles: every convolution's
   weight reordered once into oneDNN's blocked layout and the activation fused, through
   PyTorch's private ``torch.ops.mkldnn._convolution_pointwise`` operators;
@@ -28,10 +28,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from geo_pix2pix import devices
-from geo_pix2pix.engine import COMPUTE_CHUNK
-from geo_pix2pix.engine_nhwc import ChannelsLastUNet
-from geo_pix2pix.model import load_model
-from geo_pix2pix.networks import Up
+from geo_pix2pix.model.engine import COMPUTE_CHUNK
+from geo_pix2pix.model.engine_amx import ChannelsLastUNet
+from geo_pix2pix.model.load import load_model
+from geo_pix2pix.model.networks import Up
 
 GAIN = 1.15  # what a path on private or deprecated APIs has to show
 

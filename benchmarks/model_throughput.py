@@ -9,17 +9,17 @@ whose absolute speed moves from minute to minute:
   bf16 rate (on AMX several times the fp32 one);
 - the *reference*: a plain eager U-Net written here the way the pix2pix reference code
   runs it (fp32, batch 1, norm layers as separate modules), loaded with the same weights;
-- the engine (:func:`geo_pix2pix.engine.float32_engine`, whose layout follows the CPU) at
+- the engine (:func:`geo_pix2pix.model.engine.float32_engine`, whose layout follows the CPU) at
   batch 1 and through ``run_batch`` at its fixed compute chunk, inside
   :func:`geo_pix2pix.heap.kept_heap` as ``render`` runs it;
-- the bfloat16 engine (``precision="bf16"``, :func:`geo_pix2pix.engine.bfloat16_engine`) and
-  the int8 path (``precision="int8"``, :mod:`geo_pix2pix.accel.int8`) at the chunk;
+- the bfloat16 engine (``precision="bf16"``, :func:`geo_pix2pix.model.engine.bfloat16_engine`) and
+  the int8 path (``precision="int8"``, :mod:`geo_pix2pix.model.accel.int8`) at the chunk;
 - the other layout at the chunk, fp32 and bf16: on a CPU with AMX the engines chosen
-  elsewhere (:class:`~geo_pix2pix.engine.InferenceUNet`), elsewhere the AMX one
-  (:class:`~geo_pix2pix.engine_nhwc.ChannelsLastUNet`), so that each machine measures
+  elsewhere (:class:`~geo_pix2pix.model.engine.InferenceUNet`), elsewhere the AMX one
+  (:class:`~geo_pix2pix.model.engine_amx.ChannelsLastUNet`), so that each machine measures
   the choice it did not make;
 - where onnxruntime is installed, the engine exported to ONNX and run by onnxruntime
-  (``--weights model.onnx``, :mod:`geo_pix2pix.accel.onnx`) at the chunk.
+  (``--weights model.onnx``, :mod:`geo_pix2pix.model.accel.onnx`) at the chunk.
 
 Models: ``default`` (the shipped model, with its stored int8 calibration), a checkpoint
 path, and ``paper``
@@ -49,13 +49,13 @@ from torch import nn
 
 import geo_pix2pix
 from geo_pix2pix import devices
-from geo_pix2pix.accel.int8 import calibrate
-from geo_pix2pix.engine import COMPUTE_CHUNK, InferenceUNet, bfloat16_engine
-from geo_pix2pix.engine_nhwc import ChannelsLastUNet
 from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.io.read import map_tiles
-from geo_pix2pix.model import Pix2PixModel, run_batch
-from geo_pix2pix.networks import Generator, GeneratorConfig, gflop_per_tile
+from geo_pix2pix.model.accel.int8 import calibrate
+from geo_pix2pix.model.engine import COMPUTE_CHUNK, InferenceUNet, bfloat16_engine
+from geo_pix2pix.model.engine_amx import ChannelsLastUNet
+from geo_pix2pix.model.load import Pix2PixModel, run_batch
+from geo_pix2pix.model.networks import Generator, GeneratorConfig, gflop_per_tile
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_tiles" / "helsinki_map.tif"
 
@@ -141,7 +141,7 @@ def _onnx_model(model: Pix2PixModel, folder: str):
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    from geo_pix2pix.accel.onnx import OnnxModel, export_onnx
+    from geo_pix2pix.model.accel.onnx import OnnxModel, export_onnx
 
     return OnnxModel(export_onnx(model, Path(folder) / f"{model.identity[:12]}.onnx"))
 

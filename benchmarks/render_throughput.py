@@ -44,7 +44,7 @@ from geo_pix2pix.grid import core
 from geo_pix2pix.grid.tiling import TileGrid
 from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.io.write import RENDER_COMPRESSION
-from geo_pix2pix.model import PRECISIONS, run_batch
+from geo_pix2pix.model.load import PRECISIONS, run_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_throughput import SAMPLE, ReferenceUNet  # noqa: E402

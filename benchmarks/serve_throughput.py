@@ -138,7 +138,7 @@ def main() -> None:
 
         model = load_model()
     else:
-        from geo_pix2pix.networks import Generator
+        from geo_pix2pix.model.networks import Generator
 
         torch.manual_seed(0)
         model = Generator(base_width=8, norm="instance").eval()
@@ -159,7 +159,7 @@ def main() -> None:
         print(f"batch tiles: {result.total} tiles in {batch_seconds:.1f} s = {batch_rate:.2f} tiles/s", flush=True)
         weights = []
         if args.model == "tiny":
-            from geo_pix2pix.checkpoints import save_checkpoint
+            from geo_pix2pix.model.checkpoints import save_checkpoint
 
             weights = ["--weights", str(save_checkpoint(tmp / "tiny.pt", model))]
         for clients in (8, 32):

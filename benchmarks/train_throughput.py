@@ -8,8 +8,8 @@ One process, same networks (same initial weights), same batch, same data pipelin
   tensors, D on the fake and on the real pair in two calls, D frozen
   (``requires_grad=False``) while G's loss is backpropagated, ``torch.optim.Adam`` with
   its defaults;
-- *engine*: :meth:`geo_pix2pix.train.Trainer.step`, inside
-  :func:`geo_pix2pix.heap.kept_heap` as :meth:`~geo_pix2pix.train.Trainer.fit` runs it,
+- *engine*: :meth:`geo_pix2pix.train.trainer.Trainer.step`, inside
+  :func:`geo_pix2pix.heap.kept_heap` as :meth:`~geo_pix2pix.train.trainer.Trainer.fit` runs it,
   as ``geo-pix2pix train`` runs it (mixed precision: bfloat16 on a CPU that has it in
   hardware) and as ``train --no-amp`` runs it (float32 throughout).
 
@@ -42,10 +42,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from geo_pix2pix import devices
-from geo_pix2pix.data import PairSource
 from geo_pix2pix.heap import kept_heap
-from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
-from geo_pix2pix.train import TrainConfig, Trainer
+from geo_pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig
+from geo_pix2pix.train.data import PairSource
+from geo_pix2pix.train.trainer import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_throughput import ReferenceUNet, matmul_gflops, rate  # noqa: E402

@@ -17,19 +17,19 @@ import importlib
 import sys
 import types
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 #: public name → the submodule that defines it
 _EXPORTS = {
-    "Discriminator": "networks",
-    "DiscriminatorConfig": "networks",
-    "Generator": "networks",
-    "GeneratorConfig": "networks",
+    "Discriminator": "model.networks",
+    "DiscriminatorConfig": "model.networks",
+    "Generator": "model.networks",
+    "GeneratorConfig": "model.networks",
     "GeoPix2PixError": "errors",
     "NotGeoreferencedWarning": "errors",
-    "Pix2PixModel": "model",
+    "Pix2PixModel": "model.load",
     "RenderResult": "render",
-    "load_model": "model",
+    "load_model": "model.load",
     "render": "render",
 }
 

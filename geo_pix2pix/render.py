@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OptionError
-from .geodesy import ground_pixel_size
 from .grid.core import TilePipeline
 from .grid.tiling import DEFAULT_OVERLAP
+from .io.geodesy import ground_pixel_size
+from .io.model_grid import RESOLUTION_TOLERANCE, grid_factors, model_grid_shape, on_model_grid
 from .io.outlock import OutputLock
 from .io.read import open_map_raster
 from .io.write import (
@@ -47,10 +48,9 @@ from .io.write import (
     output_kind,
     write_output,
 )
-from .model import InferenceModel, model_device
-from .model_grid import RESOLUTION_TOLERANCE, grid_factors, model_grid_shape, on_model_grid
-from .model_spec import ModelLike, resolve_model
-from .provenance import output_tags
+from .model.load import InferenceModel, model_device
+from .model.provenance import output_tags
+from .model.spec import ModelLike, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RenderResult:
 def _check_options(tile_size: int, overlap: int, batch_size: int, model: InferenceModel) -> None:
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size} must be at least 1")
-    from .memory import check_memory, render_batch_bytes
+    from .model.memory import check_memory, render_batch_bytes
 
     # The tiles of a batch and their outputs are held at once: refuse what cannot fit now.
     check_memory(render_batch_bytes(batch_size, tile_size), f"--batch-size {batch_size}",
@@ -112,14 +112,14 @@ def render(
     """Render the map raster ``src`` into the synthetic aerial image ``dst``.
 
     ``model``: a checkpoint path (``None``: the default model), a
-    :class:`~geo_pix2pix.model_spec.ModelSpec`, or a module mapping (N, 3, H, W) in [-1, 1]
-    to the same shape, resolved on ``device`` by :func:`~geo_pix2pix.model_spec.resolve_model`
+    :class:`~geo_pix2pix.model.spec.ModelSpec`, or a module mapping (N, 3, H, W) in [-1, 1]
+    to the same shape, resolved on ``device`` by :func:`~geo_pix2pix.model.spec.resolve_model`
     (a :class:`~geo_pix2pix.Generator` runs on the engine; a module without a ground
     resolution is not resampled). ``progress(done, total)`` is called after every batch.
 
     ``client``: a ``distributed.Client``, a scheduler address (``tcp://HOST:PORT``) or
     ``local:N`` (N local workers): tile rows are rendered on that Dask cluster and
-    written here, with the same output (:mod:`geo_pix2pix.render_cluster`). Workers
+    written here, with the same output (:mod:`geo_pix2pix.distributed.render`). Workers
     load ``model`` from its path (None: the default model) or get a module scattered
     to them; the input's path must be readable on every worker.
     """
@@ -141,7 +141,7 @@ def render(
         check_output_path(src, dst, overwrite)
         remote = None
         if client is not None:
-            from .render_cluster import RemoteRender
+            from .distributed.render import RemoteRender
 
             remote = stack.enter_context(RemoteRender.open(client, model, device))
             model = remote.model

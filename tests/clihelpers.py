@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from geo_pix2pix.cli import main
+from geo_pix2pix.cli.main import main
 
 
 def cli(*args):

@@ -63,7 +63,7 @@ def identity():
 @pytest.fixture
 def tiny_generator():
     """A small randomly initialised instance-norm generator (fast on the CPU)."""
-    from geo_pix2pix.networks import Generator
+    from geo_pix2pix.model.networks import Generator
 
     torch.manual_seed(0)
     return Generator(base_width=8, norm="instance").eval()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import geo_pix2pix
-from geo_pix2pix.checkpoints import export_checkpoint, load_checkpoint, save_checkpoint
 from geo_pix2pix.errors import CheckpointError
-from geo_pix2pix.networks import Discriminator, Generator
+from geo_pix2pix.model.checkpoints import export_checkpoint, load_checkpoint, save_checkpoint
+from geo_pix2pix.model.networks import Discriminator, Generator
 
 
 @pytest.fixture

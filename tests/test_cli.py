@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from clihelpers import assert_user_error
 
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.cli import main
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.cli.main import main
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_calibrate_takes_the_bands_its_message_asks_for(make_raster, tmp_path, w
     assert not out.exists()
     result = run("-q", "calibrate", src, "-w", weights, "-o", out, "--tiles", "2", "--bands", "3,2,1")
     assert result.exit_code == 0, result.output
-    from geo_pix2pix.checkpoints import load_checkpoint
+    from geo_pix2pix.model.checkpoints import load_checkpoint
 
     assert load_checkpoint(out).int8["tiles"] == 2
     result = CliRunner().invoke(main, ["calibrate", str(tmp_path), "--layout", "folders", "-w", str(weights),

@@ -21,8 +21,8 @@ from clihelpers import cli
 from PIL import Image
 
 from geo_pix2pix import render
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -102,7 +102,7 @@ def test_help_is_quick_to_start():
     p = subprocess.run([sys.executable, "-m", "geo_pix2pix", "--help"], env=ENV, cwd=ROOT, capture_output=True,
                        text=True)
     assert p.returncode == 0 and "render" in p.stdout
-    code = ("import sys; from geo_pix2pix.cli import main; main(['render', '--help'], standalone_mode=False); "
+    code = ("import sys; from geo_pix2pix.cli.main import main; main(['render', '--help'], standalone_mode=False); "
             "assert not {'torch', 'rasterio'} & set(sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, capture_output=True).returncode == 0
     assert time.monotonic() - start < 30

@@ -15,10 +15,10 @@ import torch
 from clihelpers import assert_user_error, cli
 from test_train import make_pairs
 
-from geo_pix2pix import memory
-from geo_pix2pix.cli import main
-from geo_pix2pix.cli_options import Number
+from geo_pix2pix.cli.main import main
+from geo_pix2pix.cli.options import Number
 from geo_pix2pix.errors import OptionError
+from geo_pix2pix.model import memory
 
 #: what each command needs besides the option under test (none of these paths exist)
 REQUIRED = {
@@ -161,7 +161,7 @@ def test_available_memory_without_psutil(monkeypatch):
 
 
 def test_train_memory_estimate_grows_with_the_batch_and_the_widths():
-    from geo_pix2pix.networks import Discriminator, Generator
+    from geo_pix2pix.model.networks import Discriminator, Generator
 
     def need(width, batch):
         g = memory.meta_module(lambda: Generator(base_width=width, norm="instance"))

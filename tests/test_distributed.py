@@ -19,14 +19,14 @@ from click.testing import CliRunner
 from tilesdata import HELSINKI, bbox_of, block, decode, read_tree, write_xyz
 
 from geo_pix2pix import render
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.cli import main
-from geo_pix2pix.cluster import connect, kept_environ, parse_scheduler
+from geo_pix2pix.cli.main import main
+from geo_pix2pix.distributed.cluster import connect, kept_environ, parse_scheduler
 from geo_pix2pix.errors import OptionError
 from geo_pix2pix.grid.blend import RowMerger
 from geo_pix2pix.grid.core import TilePipeline, render_tile_rows
 from geo_pix2pix.grid.cut import ArrayReader
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
 from geo_pix2pix.tiles import Area, make_tiles
 
 
@@ -81,7 +81,7 @@ def test_scheduler_spec():
 
 
 def test_nothing_about_dask_is_imported_without_a_scheduler():
-    code = ("import geo_pix2pix.cli, geo_pix2pix.render, geo_pix2pix.tiles, geo_pix2pix.train; import sys; "
+    code = ("import geo_pix2pix.cli.main, geo_pix2pix.render, geo_pix2pix.tiles, geo_pix2pix.train.trainer; import sys; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -126,7 +126,7 @@ def _same_raster(a, b) -> None:
 @pytest.mark.parametrize("resampled", [False, True])
 def test_render_on_a_cluster_writes_the_local_geotiff(make_raster, tmp_path, client, weights, one_thread,
                                                        monkeypatch, resampled):
-    monkeypatch.setattr("geo_pix2pix.render_cluster.TILES_PER_TASK", 4)  # a few tasks, on both workers
+    monkeypatch.setattr("geo_pix2pix.distributed.render.TILES_PER_TASK", 4)  # a few tasks, on both workers
     data = np.random.default_rng(1).integers(1, 256, (3, 600, 700)).astype(np.uint8)
     data[:, 250:, :300] = 0  # nodata: whole tiles skipped, the rest masked
     src = make_raster(600, 700, nodata=0, data=data)
@@ -183,7 +183,7 @@ def _kill_a_busy_worker(client, killed: list) -> None:
 @pytest.mark.slow
 def test_a_worker_killed_mid_render_has_its_rows_redone(make_raster, tmp_path, client, weights, one_thread,
                                                         monkeypatch):
-    monkeypatch.setattr("geo_pix2pix.render_cluster.TILES_PER_TASK", 1)  # a task per tile row
+    monkeypatch.setattr("geo_pix2pix.distributed.render.TILES_PER_TASK", 1)  # a task per tile row
     src = make_raster(2000, 360, seed=7)  # 13 tile rows: some are on the worker when it dies
     local, remote = tmp_path / "local.tif", tmp_path / "remote.tif"
     render(src, local, model=weights[1], batch_size=4)

@@ -12,10 +12,11 @@ import pytest
 import torch
 from test_train import TINY_D, TINY_G, config, make_pairs
 
-from geo_pix2pix import ddp, load_model
-from geo_pix2pix.checkpoints import load_checkpoint
-from geo_pix2pix.data import SideBySideFolder
-from geo_pix2pix.train import Trainer
+from geo_pix2pix import load_model
+from geo_pix2pix.distributed import ddp
+from geo_pix2pix.model.checkpoints import load_checkpoint
+from geo_pix2pix.train.data import SideBySideFolder
+from geo_pix2pix.train.trainer import Trainer
 
 #: The train command, each rank also keeping its networks after training (only rank 0 writes checkpoints).
 EACH_RANK = """\
@@ -23,8 +24,8 @@ import os
 
 import torch
 
-from geo_pix2pix.cli import main
-from geo_pix2pix.train import Trainer
+from geo_pix2pix.cli.main import main
+from geo_pix2pix.train.trainer import Trainer
 
 fit = Trainer.fit
 

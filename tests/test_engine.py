@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from geo_pix2pix import Generator
-from geo_pix2pix.devices import cpu_has_native_bf16
-from geo_pix2pix.engine import InferenceUNet, SubPixelDeconv, fold_batch_norm
-from geo_pix2pix.model import Pix2PixModel, run_batch
-from geo_pix2pix.networks import GeneratorConfig
+from geo_pix2pix.model.devices import cpu_has_native_bf16
+from geo_pix2pix.model.engine import InferenceUNet, SubPixelDeconv, fold_batch_norm
+from geo_pix2pix.model.load import Pix2PixModel, run_batch
+from geo_pix2pix.model.networks import GeneratorConfig
 
 
 def trained_like(config: GeneratorConfig, seed: int = 0) -> Generator:
@@ -137,7 +137,7 @@ def test_bfloat16_engine_is_the_generator_to_bfloat16_precision(norm, monkeypatc
     """--precision bf16: the same function within bfloat16 rounding, float32 in and out,
     and building it leaves the generator (whose InstanceNorm layers the float32 engine
     shares) in float32."""
-    monkeypatch.setattr("geo_pix2pix.model.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("geo_pix2pix.model.load.cpu_has_native_bf16", lambda: True)
     g = trained_like(GeneratorConfig(base_width=8, norm=norm))
     model = Pix2PixModel(g, precision="bf16")
     tiles = np.random.default_rng(1).integers(0, 256, (3, 3, 256, 256), dtype=np.uint8)
@@ -153,7 +153,7 @@ def test_bfloat16_engine_is_the_generator_to_bfloat16_precision(norm, monkeypatc
 
 
 def test_bfloat16_without_hardware_support_warns(monkeypatch):
-    monkeypatch.setattr("geo_pix2pix.model.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("geo_pix2pix.model.load.cpu_has_native_bf16", lambda: False)
     model = Pix2PixModel(trained_like(GeneratorConfig(base_width=8, norm="instance")), precision="bf16")
     with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* use --precision int8 or fp32"):
         model.engine()
@@ -162,7 +162,7 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
 def test_run_batch_autocasts_only_float32_models(monkeypatch):
     """A bf16 (or int8) engine runs in its own precision: on CUDA, float16 autocast would
     recast a bfloat16 engine to float16 on every call."""
-    import geo_pix2pix.model as model_module
+    import geo_pix2pix.model.load as model_module
 
     seen = []
     real = model_module.autocast
@@ -185,9 +185,9 @@ def test_a_pickled_model_leaves_the_checkpoints_other_contents_behind(tmp_path):
     copy of the weights, its discriminator or its optimiser state."""
     import pickle
 
-    from geo_pix2pix.checkpoints import save_checkpoint
-    from geo_pix2pix.model import load_model
-    from geo_pix2pix.networks import Discriminator, DiscriminatorConfig
+    from geo_pix2pix.model.checkpoints import save_checkpoint
+    from geo_pix2pix.model.load import load_model
+    from geo_pix2pix.model.networks import Discriminator, DiscriminatorConfig
 
     g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
     path = save_checkpoint(tmp_path / "m.pt", g, discriminator=Discriminator(DiscriminatorConfig(base_width=8)),
@@ -217,7 +217,7 @@ def amx_choice(monkeypatch):
 @pytest.mark.parametrize("width", [8, 16])
 @pytest.mark.parametrize("shape", [(3, 3, 256, 256), (1, 3, 512, 256)])
 def test_channels_last_engine_equals_generator(norm, width, shape):
-    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+    from geo_pix2pix.model.engine_amx import ChannelsLastUNet
 
     g = trained_like(GeneratorConfig(base_width=width, norm=norm))
     x = torch.rand(*shape) * 2 - 1
@@ -230,7 +230,7 @@ def test_channels_last_engine_equals_generator(norm, width, shape):
 
 @pytest.mark.parametrize("cin, cout, size", [(5, 3, 7), (8, 6, 1)])
 def test_parity_major_conv_and_interleave_equal_transposed_conv(cin, cout, size):
-    from geo_pix2pix.engine_nhwc import interleave_into, parity_major_conv
+    from geo_pix2pix.model.engine_amx import interleave_into, parity_major_conv
 
     torch.manual_seed(cin)
     deconv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
@@ -245,7 +245,7 @@ def test_parity_major_conv_and_interleave_equal_transposed_conv(cin, cout, size)
 
 @pytest.mark.parametrize("slope", [0.0, 0.2])
 def test_tile_norm_is_instance_norm_and_activation(slope):
-    from geo_pix2pix.engine_nhwc import TileNorm
+    from geo_pix2pix.model.engine_amx import TileNorm
 
     torch.manual_seed(3)
     norm = nn.InstanceNorm2d(6, affine=True)
@@ -267,8 +267,8 @@ def test_tile_norm_is_instance_norm_and_activation(slope):
 def test_bfloat16_engine_follows_the_cpu(norm, amx_choice):
     """--precision bf16 on a CPU with AMX runs the channels-last engine, elsewhere the
     float32 engine's graph; both within bfloat16 rounding of the generator, on any CPU."""
-    from geo_pix2pix.engine import bfloat16_engine
-    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+    from geo_pix2pix.model.engine import bfloat16_engine
+    from geo_pix2pix.model.engine_amx import ChannelsLastUNet
 
     g = trained_like(GeneratorConfig(base_width=8, norm=norm))
     assert isinstance(bfloat16_engine(g), ChannelsLastUNet)
@@ -303,8 +303,8 @@ def test_cpu_bf16_kind_reads_the_flags(monkeypatch):
 
 
 def test_float32_engine_follows_the_cpu(amx_choice):
-    from geo_pix2pix.engine import float32_engine
-    from geo_pix2pix.engine_nhwc import ChannelsLastUNet
+    from geo_pix2pix.model.engine import float32_engine
+    from geo_pix2pix.model.engine_amx import ChannelsLastUNet
 
     g = trained_like(GeneratorConfig(base_width=8, norm="instance"))
     assert isinstance(float32_engine(g, cpu="avx512_bf16"), InferenceUNet)

@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from geo_pix2pix import metrics, render
-from geo_pix2pix.baselines import MeanColour, PaletteLookup
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.cli import main
-from geo_pix2pix.data import SideBySideFolder, TwoFolders
-from geo_pix2pix.evaluate import EVAL_SIZE, evaluate, format_table, render_tiles
-from geo_pix2pix.networks import Generator
-from geo_pix2pix.regions import split_by
+from geo_pix2pix import render
+from geo_pix2pix.cli.main import main
+from geo_pix2pix.evaluate import metrics
+from geo_pix2pix.evaluate.baselines import MeanColour, PaletteLookup
+from geo_pix2pix.evaluate.evaluation import EVAL_SIZE, evaluate, format_table, render_tiles
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
+from geo_pix2pix.train.data import SideBySideFolder, TwoFolders
+from geo_pix2pix.train.regions import split_by
 
 #: Map colour → aerial colour of the synthetic "world": water, park, road, buildings.
 PALETTE = {(170, 210, 240): (40, 70, 90), (200, 235, 190): (70, 110, 50),

@@ -11,13 +11,13 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
-from geo_pix2pix.checkpoints import load_checkpoint
-from geo_pix2pix.cli import main
-from geo_pix2pix.data import Jitter, JitteredPairs
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.errors import DatasetError, ResolutionWarning
-from geo_pix2pix.georef_pairs import RasterPairs
-from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
-from geo_pix2pix.train import TrainConfig, Trainer
+from geo_pix2pix.model.checkpoints import load_checkpoint
+from geo_pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig
+from geo_pix2pix.train.data import Jitter, JitteredPairs
+from geo_pix2pix.train.pairs import RasterPairs
+from geo_pix2pix.train.trainer import TrainConfig, Trainer
 
 MAP_CRS, AERIAL_CRS = "EPSG:32635", "EPSG:3857"
 WEST, NORTH, RES, SIZE = 385_000.0, 6_672_000.0, 2.0, 600  # a 1.2 km map at 2 m (Helsinki)
@@ -167,7 +167,7 @@ def test_trainer_runs_on_raster_pairs(rasters, tmp_path):
 
 def test_cli_train_layout_rasters(rasters, tmp_path, monkeypatch):
     # bfloat16 mixed precision as on a CPU that has it (it runs, slowly, on any CPU)
-    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("geo_pix2pix.model.devices.cpu_has_native_bf16", lambda: True)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, [
         "-q", "train", str(rasters[0]), str(out), "--layout", "rasters", "--aerial", str(rasters[1]),

@@ -143,7 +143,7 @@ def test_library_make_tiles_leaves_the_process_as_it_found_it(tmp_path):
 
 def test_cli_render_tunes_the_allocator_for_the_command(make_raster, tmp_path, monkeypatch):
     """The CLI enters the tuning around the command, and restores it on exit."""
-    from geo_pix2pix.cli import main
+    from geo_pix2pix.cli.main import main
 
     _libc()
     seen = []
@@ -152,7 +152,7 @@ def test_cli_render_tunes_the_allocator_for_the_command(make_raster, tmp_path, m
         seen.append(large_block_mapped())
         raise SystemExit(0)
 
-    monkeypatch.setattr(importlib.import_module("geo_pix2pix.model"), "load_model", lambda *a, **k: Identity())
+    monkeypatch.setattr(importlib.import_module("geo_pix2pix.model.load"), "load_model", lambda *a, **k: Identity())
     monkeypatch.setattr(importlib.import_module("geo_pix2pix.render"), "render", fake_render)
     CliRunner().invoke(main, ["render", str(make_raster(64, 64)), str(tmp_path / "out.tif")])
     assert seen == [False]

@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from geo_pix2pix import judge as judging
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.cli import main
-from geo_pix2pix.data import SideBySideFolder
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.errors import OutputPathError
-from geo_pix2pix.evaluate import evaluate, format_table
-from geo_pix2pix.networks import Generator
-from geo_pix2pix.regions import CLASSES, map_classes
+from geo_pix2pix.evaluate import judge as judging
+from geo_pix2pix.evaluate.evaluation import evaluate, format_table
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
+from geo_pix2pix.train.data import SideBySideFolder
+from geo_pix2pix.train.regions import CLASSES, map_classes
 
 #: Map colours of the source's palette, by class: other (background), road, water, green.
 MAP_COLOURS = np.array([(232, 232, 216), (250, 250, 250), (184, 216, 248), (200, 216, 168)], np.uint8)

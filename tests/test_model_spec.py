@@ -11,12 +11,12 @@ import rasterio
 import torch
 from torch import nn
 
-import geo_pix2pix.model as model_module
-from geo_pix2pix.checkpoints import save_checkpoint
+import geo_pix2pix.model.load as model_module
 from geo_pix2pix.errors import OptionError
-from geo_pix2pix.model import InferenceModel, Pix2PixModel, PlainModel, load_model, run_batch
-from geo_pix2pix.model_spec import ModelSpec, resolve_model
-from geo_pix2pix.provenance import model_identity
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.load import InferenceModel, Pix2PixModel, PlainModel, load_model, run_batch
+from geo_pix2pix.model.provenance import model_identity
+from geo_pix2pix.model.spec import ModelSpec, resolve_model
 from geo_pix2pix.render import render
 from geo_pix2pix.tiles import CopyModel
 

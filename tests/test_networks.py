@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from geo_pix2pix import Discriminator, Generator
-from geo_pix2pix.networks import GeneratorConfig, conv_macs, count_parameters, receptive_field
+from geo_pix2pix.model.networks import GeneratorConfig, conv_macs, count_parameters, receptive_field
 
 
 def expected_parameters(module: nn.Module) -> int:
@@ -69,8 +69,8 @@ def test_initialisation_is_normal_002():
 def test_run_batch_output_does_not_depend_on_batching():
     import numpy as np
 
-    from geo_pix2pix.model import run_batch
-    from geo_pix2pix.model_spec import resolve_model
+    from geo_pix2pix.model.load import run_batch
+    from geo_pix2pix.model.spec import resolve_model
 
     torch.manual_seed(0)
     g = resolve_model(Generator(base_width=8, norm="instance"))

@@ -11,10 +11,10 @@ import torch
 from clihelpers import assert_user_error, cli
 
 import geo_pix2pix
-from geo_pix2pix.checkpoints import save_checkpoint
 from geo_pix2pix.errors import CheckpointError, OptionError
-from geo_pix2pix.model import run_batch
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.load import run_batch
+from geo_pix2pix.model.networks import Generator
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from rasterio.features import rasterize
 
 from geo_pix2pix import osm
-from geo_pix2pix.cli import main
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.errors import MissingDependencyError, OptionError
-from geo_pix2pix.geodesy import ground_resolution
+from geo_pix2pix.io.geodesy import ground_resolution
 
 # North-east corner of the extract: Kaisaniemi bay (sea, from coastlines), the bridge and
 # streets of Kaisaniemi and Kluuvi, university buildings. About 520 m × 570 m.

@@ -22,7 +22,7 @@ import rasterio
 from click.testing import CliRunner
 
 import geo_pix2pix
-from geo_pix2pix.cli import main
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.errors import MissingDependencyError, OutputExistsError, OutputPathError
 from geo_pix2pix.qgis.install import PLUGIN_NAME, default_profile_dir, install_plugin, plugin_files
 

@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 import geo_pix2pix
-from geo_pix2pix.cli import main
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.qgis.build import MAX_SIZE, PluginCheckError, _zip_bytes, build_plugin, check_plugin_zip
 from geo_pix2pix.qgis.install import PLUGIN_NAME, plugin_files
 from geo_pix2pix.qgis.plugin import deps

@@ -9,11 +9,11 @@ import torch
 from clihelpers import assert_user_error, cli
 
 import geo_pix2pix
-from geo_pix2pix.accel.int8 import calibrate, quantize
-from geo_pix2pix.checkpoints import load_checkpoint, save_checkpoint
 from geo_pix2pix.errors import CheckpointError
-from geo_pix2pix.model import Pix2PixModel, run_batch
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.accel.int8 import calibrate, quantize
+from geo_pix2pix.model.checkpoints import load_checkpoint, save_checkpoint
+from geo_pix2pix.model.load import Pix2PixModel, run_batch
+from geo_pix2pix.model.networks import Generator
 
 PALETTE = np.array([[242, 239, 233], [170, 211, 223], [200, 250, 204], [255, 255, 255], [220, 200, 180]], np.uint8)
 

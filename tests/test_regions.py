@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from geo_pix2pix.checkpoints import load_checkpoint
-from geo_pix2pix.data import Jitter, JitteredPairs, PairSource
 from geo_pix2pix.errors import OptionError
-from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
-from geo_pix2pix.regions import map_classes, region_features, region_split, split_by
-from geo_pix2pix.train import TrainConfig, Trainer
+from geo_pix2pix.model.checkpoints import load_checkpoint
+from geo_pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig
+from geo_pix2pix.train.data import Jitter, JitteredPairs, PairSource
+from geo_pix2pix.train.regions import map_classes, region_features, region_split, split_by
+from geo_pix2pix.train.trainer import TrainConfig, Trainer
 
 BACKGROUND, ROAD, WATER, GREEN = (232, 232, 216), (250, 250, 250), (184, 216, 248), (200, 216, 168)
 
@@ -144,8 +144,8 @@ def _pairs_folder(folder, n=4):
 def test_resume_continues_the_runs_recipe_and_says_what_it_overrides(tmp_path):
     from click.testing import CliRunner
 
-    from geo_pix2pix.cli import main
-    from geo_pix2pix.train import checkpoint_recipe
+    from geo_pix2pix.cli.main import main
+    from geo_pix2pix.train.trainer import checkpoint_recipe
 
     data, out = _pairs_folder(tmp_path / "d"), tmp_path / "run"
     common = ["train", str(data), str(out), "--device", "cpu", "--no-amp"]
@@ -166,7 +166,7 @@ def test_resume_continues_the_runs_recipe_and_says_what_it_overrides(tmp_path):
 def test_preset_sets_the_recipe_and_options_override_it(tmp_path):
     from click.testing import CliRunner
 
-    from geo_pix2pix.cli import main
+    from geo_pix2pix.cli.main import main
 
     data, out = _pairs_folder(tmp_path / "d"), tmp_path / "run"
     res = CliRunner().invoke(main, ["train", str(data), str(out), "--preset", "default", "--width", "4",

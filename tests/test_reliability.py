@@ -29,8 +29,8 @@ from clihelpers import assert_user_error, cli, message_lines
 from PIL import Image
 from test_train import make_pairs
 
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.networks import Discriminator, Generator
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Discriminator, Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Subprocesses run on one thread: this machine's cores are shared.

@@ -10,7 +10,7 @@ from affine import Affine
 
 from geo_pix2pix import NotGeoreferencedWarning, render
 from geo_pix2pix.errors import OutputExistsError
-from geo_pix2pix.model import Pix2PixModel
+from geo_pix2pix.model.load import Pix2PixModel
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_render_is_deterministic_across_runs(make_raster, tmp_path, tiny_generat
 def test_no_seams_at_tile_borders(make_raster, tmp_path):
     """Differences across tile borders are no larger than differences inside tiles."""
     from geo_pix2pix.grid.tiling import TileGrid
-    from geo_pix2pix.networks import Generator
+    from geo_pix2pix.model.networks import Generator
 
     torch.manual_seed(0)
     gen = Generator(base_width=8, norm="instance").eval()
@@ -167,7 +167,7 @@ class ScaledIdentity(Pix2PixModel):
     """An identity 'model' that claims a ground resolution, to exercise resampling."""
 
     def __init__(self, resolution):
-        from geo_pix2pix.networks import Generator
+        from geo_pix2pix.model.networks import Generator
 
         super().__init__(Generator(base_width=1, num_downs=5, norm="instance"))
         self.ground_resolution = resolution
@@ -204,7 +204,7 @@ def test_ground_resolution_of_web_mercator_is_ground_metres():
     # 1 "metre" of EPSG:3857 at 60° N is 0.5 m on the ground.
     import mercantile
 
-    from geo_pix2pix.geodesy import ground_resolution
+    from geo_pix2pix.io.geodesy import ground_resolution
 
     x, y = mercantile.xy(25.0, 60.0)
     t = Affine(1.0, 0, x - 50, 0, -1.0, y + 50)

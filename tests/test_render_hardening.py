@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from geo_pix2pix import render
-from geo_pix2pix.checkpoints import save_checkpoint
 from geo_pix2pix.errors import ModelOutputError
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -241,7 +241,7 @@ def test_attribution_version_and_model_are_recorded(make_raster, tmp_path):
     with rasterio.open(src, "r+") as ds:
         ds.update_tags(ATTRIBUTION="© OpenStreetMap contributors, ODbL", SOURCE="Helsinki.osm.pbf",
                        UNRELATED="not carried")
-    from geo_pix2pix.model import load_model
+    from geo_pix2pix.model.load import load_model
 
     weights = _tiny_weights(tmp_path)
     model = load_model(weights, "cpu")

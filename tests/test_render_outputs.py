@@ -115,8 +115,8 @@ def test_two_processes_rendering_to_one_new_dst(make_raster, tmp_path):
 
     import torch
 
-    from geo_pix2pix.checkpoints import save_checkpoint
-    from geo_pix2pix.networks import Generator
+    from geo_pix2pix.model.checkpoints import save_checkpoint
+    from geo_pix2pix.model.networks import Generator
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torch.manual_seed(0)

@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from PIL import Image
 from tilesdata import HELSINKI, block, read_tree, write_xyz
 
-from geo_pix2pix.cli import main
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.errors import OptionError, OutputExistsError
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.networks import Generator
 from geo_pix2pix.serve import start_background
 from geo_pix2pix.tiles import make_tiles
 

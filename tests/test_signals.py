@@ -19,8 +19,8 @@ import pytest
 import torch
 from clihelpers import message_lines
 
-from geo_pix2pix.checkpoints import save_checkpoint
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.checkpoints import save_checkpoint
+from geo_pix2pix.model.networks import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # this machine's cores are shared
@@ -128,7 +128,7 @@ def test_signal_while_torch_is_imported_is_a_clean_exit(make_raster, tmp_path, s
     try:
         for line in proc.stderr:
             lines.append(line)
-            if "| geo_pix2pix.cli" in line:
+            if "| geo_pix2pix.cli.main" in line:
                 assert not any(" torch" in s for s in lines), "torch is imported before the command line"
             if "torch." in line:
                 proc.send_signal(sig)
@@ -144,7 +144,7 @@ def test_signal_while_torch_is_imported_is_a_clean_exit(make_raster, tmp_path, s
 
 
 def test_help_imports_no_torch():
-    code = ("import sys; from geo_pix2pix.cli import main; main(['--help'], standalone_mode=False); "
+    code = ("import sys; from geo_pix2pix.cli.main import main; main(['--help'], standalone_mode=False); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

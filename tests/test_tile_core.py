@@ -125,8 +125,8 @@ def _xyz_image(root, x0: int, y0: int, z: int) -> np.ndarray:
 @pytest.mark.filterwarnings("ignore::geo_pix2pix.errors.ResolutionWarning")  # the tiny model has none
 def test_local_render_dask_render_and_metatiles_give_the_same_pixels(tmp_path):
     pytest.importorskip("distributed")
-    from geo_pix2pix.checkpoints import save_checkpoint
-    from geo_pix2pix.networks import Generator
+    from geo_pix2pix.model.checkpoints import save_checkpoint
+    from geo_pix2pix.model.networks import Generator
     from geo_pix2pix.tiles import make_tiles
     from geo_pix2pix.tiles.options import CopyModel
 

@@ -72,7 +72,7 @@ STRIKE = textwrap.dedent("""
                 strike(sqlite3.OperationalError("database or disk is full"))
         sinks.MBTilesSink.put = put_then_strike
 
-    from geo_pix2pix.cli import main
+    from geo_pix2pix.cli.main import main
     main(sys.argv[4:], prog_name="geo-pix2pix")
 """)
 

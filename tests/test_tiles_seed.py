@@ -25,9 +25,9 @@ from tilesdata import (
     write_xyz,
 )
 
-from geo_pix2pix.cli import main
+from geo_pix2pix.cli.main import main
 from geo_pix2pix.errors import TileSourceError
-from geo_pix2pix.networks import Generator
+from geo_pix2pix.model.networks import Generator
 from geo_pix2pix.tiles import Area, ChipGrid, make_tiles
 from geo_pix2pix.tiles.sources import XYZFolder
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from geo_pix2pix.checkpoints import load_checkpoint
-from geo_pix2pix.data import Jitter, JitteredPairs, PairSource, SideBySideFolder, TwoFolders, split_names
 from geo_pix2pix.errors import CheckpointError, DatasetError
-from geo_pix2pix.networks import DiscriminatorConfig, GeneratorConfig
-from geo_pix2pix.train import TrainConfig, Trainer
+from geo_pix2pix.model.checkpoints import load_checkpoint
+from geo_pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig
+from geo_pix2pix.train.data import Jitter, JitteredPairs, PairSource, SideBySideFolder, TwoFolders, split_names
+from geo_pix2pix.train.trainer import TrainConfig, Trainer
 
 TINY_G = GeneratorConfig(base_width=4, norm="instance")
 TINY_D = DiscriminatorConfig(base_width=4, norm="instance")
@@ -175,7 +175,7 @@ def test_mixed_precision_on_the_cpu_only_where_bfloat16_is_native(tmp_path, monk
     """bfloat16 autocast on a CPU that multiplies it in hardware (faked here, so the test
     runs on any CPU), float32 elsewhere or with amp off; weights, gradients and Adam stay
     float32 either way, and the provenance says which it was."""
-    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("geo_pix2pix.model.devices.cpu_has_native_bf16", lambda: native)
     src = SideBySideFolder(make_pairs(tmp_path / "d", n=2))
     tr = Trainer(src, tmp_path / "a", config(steps=1, amp=amp), TINY_G, TINY_D)
     mixed = native and amp
@@ -195,10 +195,10 @@ def test_mixed_precision_on_the_cpu_only_where_bfloat16_is_native(tmp_path, monk
 
 def test_bfloat16_autocast_computes_what_float32_does(monkeypatch):
     """The mixed-precision forward pass is the float32 one to bfloat16's precision."""
-    from geo_pix2pix.devices import autocast
-    from geo_pix2pix.networks import Generator
+    from geo_pix2pix.model.devices import autocast
+    from geo_pix2pix.model.networks import Generator
 
-    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("geo_pix2pix.model.devices.cpu_has_native_bf16", lambda: True)
     torch.manual_seed(0)
     g = Generator(GeneratorConfig(base_width=8, norm="instance")).eval()
     x = torch.rand(2, 3, 256, 256) * 2 - 1
@@ -212,14 +212,14 @@ def test_bfloat16_autocast_computes_what_float32_does(monkeypatch):
 
 
 def test_autocast_precision_per_device(monkeypatch):
-    from geo_pix2pix.devices import autocast_dtype
+    from geo_pix2pix.model.devices import autocast_dtype
 
-    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("geo_pix2pix.model.devices.cpu_has_native_bf16", lambda: True)
     cpu = torch.device("cpu")
     assert autocast_dtype(torch.device("cuda")) is torch.float16
     assert autocast_dtype(torch.device("cuda"), enabled=False) is None
     assert autocast_dtype(cpu) is None  # inference: a render's pixels do not depend on the CPU
     assert autocast_dtype(cpu, cpu_bf16=True) is torch.bfloat16
     assert autocast_dtype(torch.device("mps"), cpu_bf16=True) is None
-    monkeypatch.setattr("geo_pix2pix.devices.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("geo_pix2pix.model.devices.cpu_has_native_bf16", lambda: False)
     assert autocast_dtype(cpu, cpu_bf16=True) is None

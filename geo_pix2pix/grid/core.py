@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 from torch import nn
 
-from ..engine import COMPUTE_CHUNK
 from ..errors import ModelOutputError
-from ..model import model_device, run_batch
+from ..model.engine import COMPUTE_CHUNK
+from ..model.load import model_device, run_batch
 from .blend import BlendWeights, RowBlend, RowMerger, RowResult
 from .cut import ArrayReader, ChipFilter, cut_strip
 from .tiling import TileGrid

@@ -32,9 +32,9 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..devices import DEVICE_CHOICES
 from ..errors import GeoPix2PixError
-from ..model import PRECISIONS
+from ..model.devices import DEVICE_CHOICES
+from ..model.load import PRECISIONS
 from .feedback import run_with_feedback
 from .layers import find_layer, layer_source, xyz_url_template
 
@@ -51,8 +51,8 @@ _model_cache: dict = {}
 
 def cached_model(path: str | None, device: str, precision: str = "fp32"):
     """``resolve_model(path, device, precision)``, reusing the last model while its file is unchanged."""
-    from ..model import default_model_path
-    from ..model_spec import resolve_model
+    from ..model.load import default_model_path
+    from ..model.spec import resolve_model
 
     file = path or str(default_model_path())
     try:

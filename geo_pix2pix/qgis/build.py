@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..errors import GeoPix2PixError, OutputExistsError
 from .install import PLUGIN_NAME, plugin_files
 

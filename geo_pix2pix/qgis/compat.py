@@ -63,7 +63,7 @@ def environment_report() -> dict[str, str]:
     """Versions of the two GDAL/PROJ stacks in this process, for bug reports."""
     import rasterio
 
-    from .. import __version__
+    from .._version import __version__
 
     report = {
         "geo-pix2pix": __version__,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..errors import OutputExistsError, OutputPathError
 
 __all__ = ["PLUGIN_NAME", "InstallResult", "default_profile_dir", "install_plugin", "plugin_files"]

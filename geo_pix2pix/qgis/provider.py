@@ -17,7 +17,7 @@ from pathlib import Path
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .. import __version__
+from .._version import __version__
 from .algorithms import RenderAlgorithm, TilesAlgorithm
 from .compat import isolate_rasterio
 

@@ -36,7 +36,7 @@ import mercantile
 
 from ..errors import OptionError, OutputExistsError, TileSourceError
 from ..io.atomic import sweep_stale
-from ..provenance import model_identity
+from ..model.provenance import model_identity
 from ..tiles.area import Area
 from ..tiles.imaging import FORMATS
 from ..tiles.manifest import Manifest, destination_lock, work_dir

@@ -16,12 +16,18 @@ tile was made from, so reruns regenerate only what changed. One concept per modu
 - :mod:`.options` — the run's options and result; :mod:`.seed` — the run, :func:`make_tiles`.
 """
 
-from .area import Area
-from .options import CopyModel, TileOptions, TilesResult
-from .seed import make_tiles
-from .sources import open_source
-from .tilemath import ChipGrid, native_zoom, parse_zoom_range
+from importlib import import_module
 
-__all__ = ["Area", "ChipGrid", "CopyModel", "TileOptions", "TilesResult", "make_tiles", "native_zoom",
-           "open_source",
+__all__ = ["Area", "ChipGrid", "CopyModel", "TileOptions", "TilesResult", "make_tiles", "native_zoom", "open_source",
            "parse_zoom_range"]
+
+# Loaded on first use, so that the pure tile maths imports without torch.
+_WHERE = {"Area": ".area", "ChipGrid": ".tilemath", "CopyModel": ".options", "TileOptions": ".options",
+          "TilesResult": ".options", "make_tiles": ".seed", "native_zoom": ".tilemath", "open_source": ".sources",
+          "parse_zoom_range": ".tilemath"}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name], __name__), name)

@@ -3,9 +3,9 @@
 :func:`run_jobs_on_cluster` is what :func:`.workers.run_jobs` does with a process pool,
 with Dask tasks instead: each metatile job is a task, results come back in completion
 order to the single writer in the calling process (tiles, then manifest rows, as in a
-local run), and at most :func:`geo_pix2pix.cluster.task_window` jobs are out at once.
+local run), and at most :func:`geo_pix2pix.distributed.cluster.task_window` jobs are out at once.
 
-Each worker process loads the model once (:class:`geo_pix2pix.model_spec.ModelSpec`):
+Each worker process loads the model once (:class:`geo_pix2pix.model.spec.ModelSpec`):
 from its weights file when the run was given a path (every worker must be able to open
 it, as the source), or unpickled from one copy scattered to every worker. The source
 travels with each job (sources pickle without their open handles) and is closed at the
@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator
 
 from torch import nn
 
-from ..cluster import as_done, connect
+from ..distributed.cluster import as_done, connect, worker_model
 from ..errors import TileSourceError
-from ..model_spec import ModelSpec
+from ..model.spec import ModelSpec
 from .metatile import MetaJob, MetaResult, RenderSettings, run_metatile
 from .sources import MBTilesFile, RasterSource, TileSource, XYZFolder
 
@@ -39,7 +39,7 @@ def _check_visible(source: TileSource) -> None:
 
 def _run_job_task(job: MetaJob, source: TileSource, settings: RenderSettings, spec: ModelSpec) -> MetaResult:
     _check_visible(source)
-    model = spec.load_cached()
+    model = worker_model(spec)
     try:
         return run_metatile(job, source, model, settings)
     finally:

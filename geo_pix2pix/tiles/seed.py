@@ -38,12 +38,12 @@ import mercantile
 import numpy as np
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import OptionError, OutputExistsError, OutputPathError, TileSourceError
 from ..io.atomic import sweep_stale
-from ..model import InferenceModel
-from ..model_spec import ModelSpec
-from ..provenance import model_identity
+from ..model.load import InferenceModel
+from ..model.provenance import model_identity
+from ..model.spec import ModelSpec
 from .area import Area
 from .imaging import decode, downsample, encode
 from .manifest import (
@@ -409,7 +409,7 @@ def _estimate(plan: Plan, grid: ChipGrid, model, opts: TileOptions, client, base
     """``about 3 h 20 min if every tile is made (…)``: the model timed on one batch here."""
     if isinstance(model, CopyModel) or client is not None or base < ESTIMATE_FROM:
         return None
-    from ..model import model_device, run_batch
+    from ..model.load import model_device, run_batch
 
     m = plan.meta_size
     per_axis = len(grid.chips(-grid.margin, m * TILE_SIZE + grid.margin))

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import mercantile
 
-from ..io.atomic import fsync, temp_name, temp_path
 from ..errors import DestinationBusyError, OutputPathError, TileSourceError
+from ..io.atomic import fsync, temp_name, temp_path
 from .imaging import FORMATS
 
 __all__ = ["MBTilesSink", "PMTilesSink", "TileSetInfo", "XYZSink", "sink_kind", "store_errors"]

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import mercantile
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InputRasterError, NotGeoreferencedWarning, TileSourceError
 from .imaging import decode
 from .tilemath import MAX_LATITUDE, TILE_SIZE
@@ -399,7 +399,7 @@ class RasterSource(TileSource):
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
-        from ..geodesy import ground_resolution
+        from ..io.geodesy import ground_resolution
         from ..io.read import MapRaster
         from .tilemath import resolution_at
 

@@ -1,7 +1,7 @@
 """Running metatile jobs: in this process, in a pool of worker processes, or on a Dask
 cluster (:mod:`.cluster`, when a client is given).
 
-Each worker loads the model once from its :class:`~geo_pix2pix.model_spec.ModelSpec`
+Each worker loads the model once from its :class:`~geo_pix2pix.model.spec.ModelSpec`
 (from its weights file, or unpickled: pickled once in the main process) and opens the
 source lazily; jobs go out a few at a time and results come back in completion order to
 the single writer in the main process. Workers use
@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from torch import nn
 
 from ..heap import keep_heap_for_process
-from ..model_spec import ModelSpec
+from ..model.spec import ModelSpec
 from .metatile import MetaJob, MetaResult, RenderSettings, run_metatile
 from .sources import TileSource
 

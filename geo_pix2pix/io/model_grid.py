@@ -2,7 +2,7 @@
 and the ``WarpedVRT`` it reads the input through then.
 
 Pure decisions (:func:`grid_factors`, :func:`model_grid_shape`) on numbers measured by
-:func:`geo_pix2pix.geodesy.ground_pixel_size`; :class:`on_model_grid` is the one place a
+:func:`geo_pix2pix.io.geodesy.ground_pixel_size`; :class:`on_model_grid` is the one place a
 resampled input is opened, by render and by its Dask workers alike.
 """
 
@@ -14,8 +14,8 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from .errors import ResolutionWarning
-from .io.read import MapRaster
+from ..errors import ResolutionWarning
+from .read import MapRaster
 
 __all__ = ["RESOLUTION_TOLERANCE", "grid_factors", "model_grid_shape", "on_model_grid"]
 

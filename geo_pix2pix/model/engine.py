@@ -210,7 +210,7 @@ def _amx_engine(gen: Generator, cpu: str | None, dtype: torch.dtype) -> nn.Modul
         cpu = devices.cpu_bf16_kind()
     if cpu != "amx" or next(gen.parameters()).device.type != "cpu":
         return None
-    from .engine_nhwc import ChannelsLastUNet
+    from .engine_amx import ChannelsLastUNet
 
     return ChannelsLastUNet(gen, dtype=dtype)
 

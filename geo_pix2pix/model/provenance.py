@@ -39,7 +39,7 @@ def model_identity(model: nn.Module) -> str:
 
 def output_tags(source_tags: dict[str, str], model: nn.Module) -> dict[str, str]:
     """The dataset tags of a rendered image made from a map with ``source_tags``."""
-    from . import __version__
+    from .._version import __version__
 
     carried = {k: v for k, v in source_tags.items() if CARRIED_TAGS.match(k) and str(v).strip()}
     attribution = next((v for k, v in carried.items() if k.upper() == "ATTRIBUTION"), None) \

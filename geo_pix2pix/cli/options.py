@@ -14,7 +14,7 @@ import math
 
 import click
 
-from .errors import OptionError
+from ..errors import OptionError
 
 __all__ = ["Number", "batch_opt", "device_opt", "overlap_opt", "overwrite_opt", "precision_opt",
            "scheduler_opt", "weights_opt"]

@@ -3,10 +3,10 @@
 A model is named by a weights file (``None``: the default model shipped in the package)
 or a module, a device and a precision. Every caller (the CLI, :func:`render.render`,
 ``tiles``, ``serve``, QGIS, evaluate) resolves it here into an
-:class:`~geo_pix2pix.model.InferenceModel`. A spec pickles, so it is also what worker
+:class:`~geo_pix2pix.model.load.InferenceModel`. A spec pickles, so it is also what worker
 processes get (Dask workers, ``tiles``' process pool): a file is loaded there from its
 path (which every worker must be able to open), a module is pickled once here. Each
-worker process keeps the model it made (:meth:`ModelSpec.load_cached`).
+worker process keeps the model it made (:func:`geo_pix2pix.distributed.cluster.worker_model`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .cluster import worker_cached
 
 if TYPE_CHECKING:
-    from .model import InferenceModel
+    from .load import InferenceModel
 
 __all__ = ["ModelLike", "ModelSpec", "resolve_model"]
 
@@ -42,7 +41,7 @@ class ModelSpec:
     def of(cls, model: ModelLike = None, device: str | None = None, precision: str | None = None) -> ModelSpec:
         """A spec for a weights path, None (the default model), a module or a spec; ``device``
         and ``precision``, where given, replace the spec's own."""
-        from .model import _check_precision
+        from .load import _check_precision
 
         if precision is not None:
             _check_precision(precision)
@@ -60,7 +59,7 @@ class ModelSpec:
 
     def load(self) -> InferenceModel:
         """The model this spec names, loaded, unpickled or adapted (:func:`model.as_inference_model`)."""
-        from .model import as_inference_model, load_model
+        from .load import as_inference_model, load_model
 
         module = self.module
         if module is None and self.token:
@@ -69,15 +68,11 @@ class ModelSpec:
             return as_inference_model(load_model(self.path, self.device, self.precision or "fp32"))
         return as_inference_model(module, self.device, self.precision)
 
-    def load_cached(self) -> InferenceModel:
-        """:meth:`load`, once per worker process (:func:`cluster.worker_cached`) and :meth:`cache_key`."""
-        return worker_cached(self.cache_key(), self.load)
-
     def cache_key(self) -> tuple:
         """What a worker's cached model is known by: a weights file rewritten since is loaded again."""
         key: tuple = (self.token,)
         if not self.token:
-            from .model import default_model_path
+            from .load import default_model_path
 
             path = self.path or str(default_model_path())
             try:
@@ -109,5 +104,5 @@ ModelLike = nn.Module | str | os.PathLike | ModelSpec | None
 
 
 def resolve_model(model: ModelLike = None, device: str | None = None, precision: str | None = None) -> InferenceModel:
-    """The :class:`~geo_pix2pix.model.InferenceModel` that ``model`` names (see :meth:`ModelSpec.of`)."""
+    """The :class:`~geo_pix2pix.model.load.InferenceModel` that ``model`` names (see :meth:`ModelSpec.of`)."""
     return ModelSpec.of(model, device, precision).load()

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 __all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "cpu_bf16_kind", "cpu_description", "cpu_flags",
            "cpu_has_native_bf16", "resolve_device"]

@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from .errors import MissingDependencyError, OptionError
+from ..errors import MissingDependencyError, OptionError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TASKS_PER_THREAD", "as_done", "connect", "in_order", "kept_environ", "parse_scheduler", "task_window",
-           "tune_worker_malloc", "worker_cached"]
+           "tune_worker_malloc", "worker_cached", "worker_model"]
 
 #: Tasks kept submitted per worker thread: one running, one queued, so a worker never
 #: waits for the client between two tasks.
@@ -294,7 +294,7 @@ def tune_worker_malloc() -> bool:
     """
     if not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return False
-    from .heap import set_process_thresholds
+    from ..heap import set_process_thresholds
 
     return set_process_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
 
@@ -313,3 +313,9 @@ def worker_cached(key, factory: Callable[[], Any]) -> Any:
         while len(_CACHE) > WORKER_CACHE_SIZE:
             _CACHE.popitem(last=False)
         return value
+
+
+def worker_model(spec):
+    """The model ``spec`` (a :class:`~geo_pix2pix.model.spec.ModelSpec`) names, loaded once per worker process
+    and known by its :meth:`~geo_pix2pix.model.spec.ModelSpec.cache_key`."""
+    return worker_cached(spec.cache_key(), spec.load)

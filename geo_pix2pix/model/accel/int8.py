@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...errors import CheckpointError, DeviceError
 from ..engine import ChannelsLast, InferenceUNet, ParityInterleave
-from ..errors import CheckpointError, DeviceError
 from ..networks import Generator
 
 __all__ = ["BACKEND", "calibrate", "quantize"]

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N -m geo_pix2pix train DATA OUT …`` starts N copies of the
 command with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
 in their environment (``--nnodes``/``--rdzv-endpoint`` for several machines, see
-``docs/scaling.md``). :class:`~geo_pix2pix.train.Trainer` reads them with
+``docs/scaling.md``). :class:`~geo_pix2pix.train.trainer.Trainer` reads them with
 :func:`from_env`; without them (or with one process) nothing here is used. Under
 torchrun, following PyTorch's DDP recipe:
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import resolve_device
-from .errors import DeviceError
+from ..errors import DeviceError
+from ..model.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import regions
-from .errors import OutputPathError
+from ..errors import OutputPathError
+from ..train import regions
 
 __all__ = ["DEFAULT_RECIPE", "Confusion", "JudgeNet", "JudgeRecipe", "JudgeSet", "default_cache_dir", "judge_for",
            "segment", "train_judge"]
@@ -119,7 +119,7 @@ class JudgeNet(nn.Module):
 
 def judge_image(aerial: np.ndarray, size: int) -> np.ndarray:
     """An aerial (H, W, 3) uint8 as the judge sees it: size × size, PIL bicubic."""
-    from .evaluate import resize  # evaluate imports this module
+    from .evaluation import resize  # evaluate imports this module
 
     return resize(aerial, size)
 

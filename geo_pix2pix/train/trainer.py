@@ -14,7 +14,7 @@ networks, both optimisers, the step, the data sampler's RNG and torch's global R
 (dropout). Metrics go to ``metrics.jsonl`` in the run folder, sample grids
 (map | generated | real) to ``samples/``.
 
-Under ``torchrun`` the trainer runs data-parallel (:mod:`geo_pix2pix.ddp`): both networks
+Under ``torchrun`` the trainer runs data-parallel (:mod:`geo_pix2pix.distributed.ddp`): both networks
 in DistributedDataParallel, each process on its own share of the tiles, rank 0 writing
 checkpoints (of the unwrapped networks: they resume in one process), metrics and samples.
 """
@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import ddp
-from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from ..distributed import ddp
+from ..errors import CheckpointError, OptionError
+from ..model.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from ..model.devices import autocast, autocast_dtype, resolve_device
+from ..model.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .data import AUGMENTS, Jitter, JitteredPairs, PairSource, fixed_pairs, to_uint8
-from .devices import autocast, autocast_dtype, resolve_device
-from .errors import CheckpointError, OptionError
-from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .regions import SPLITS_BY, split_by
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         if not self.val_idx:
             return {}
-        from .metrics import sharpness
+        from ..evaluate.metrics import sharpness
 
         G = self.shipped.eval()
         maps, reals = fixed_pairs(self.source, self.val_idx[: self.config.val_tiles], self.config.crop_size)

@@ -37,11 +37,11 @@ import numpy as np
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 
+from ..errors import DatasetError, ResolutionWarning
+from ..grid.tiling import Chip, TileGrid
+from ..io.geodesy import ground_resolution
+from ..io.read import MapRaster, open_map_raster
 from .data import PairSource
-from .errors import DatasetError, ResolutionWarning
-from .geodesy import ground_resolution
-from .grid.tiling import Chip, TileGrid
-from .io.read import MapRaster, open_map_raster
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 multiple, identity, precision, provenance). :func:`load_model` loads a checkpoint (``None``:
 the default model shipped in the package) as a :class:`Pix2PixModel`, whose calls without
 autograd run the inference engine (:mod:`engine`). :func:`as_inference_model` gives any
-module those facts: a :class:`~geo_pix2pix.networks.Generator` becomes a
+module those facts: a :class:`~geo_pix2pix.model.networks.Generator` becomes a
 :class:`Pix2PixModel` (so it gets the engine too), another module a :class:`PlainModel`.
 Callers name a model through :mod:`model_spec` (path or module, device, precision).
 """
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, DeviceError, OptionError
 from .checkpoints import Checkpoint, file_hash, load_checkpoint
 from .devices import autocast, cpu_has_native_bf16, resolve_device
 from .engine import COMPUTE_CHUNK, bfloat16_engine, float32_engine
-from .errors import CheckpointError, DeviceError, OptionError
 from .networks import Generator
 
 __all__ = ["DEFAULT_MODEL", "PRECISIONS", "InferenceModel", "Pix2PixModel", "PlainModel", "as_inference_model",

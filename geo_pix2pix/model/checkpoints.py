@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .io.atomic import replacing
+from ..errors import CheckpointError
+from ..io.atomic import replacing
 from .memory import meta_module
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
@@ -155,7 +155,7 @@ def save_checkpoint(
     half: bool = False,
 ) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
-    from . import __version__
+    from .._version import __version__
 
     def pack(net):
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .cli_options import (
+from .._version import __version__
+from ..errors import GeoPix2PixError
+from .options import (
     Number,
     batch_opt,
     count,
@@ -29,7 +30,6 @@ from .cli_options import (
     scheduler_opt,
     weights_opt,
 )
-from .errors import GeoPix2PixError
 
 log = logging.getLogger("geo_pix2pix")
 
@@ -175,7 +175,7 @@ def _kept_heap(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        from .heap import kept_heap
+        from ..heap import kept_heap
 
         with kept_heap():
             return command(*args, **kwargs)
@@ -226,8 +226,8 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
     DST keeps SRC's CRS, transform, size and nodata. Use .tif for GeoTIFF output, or
     .png/.jpg for plain images.
     """
-    from .model_spec import resolve_model
-    from .render import render as render_fn
+    from ..model.spec import resolve_model
+    from ..render import render as render_fn
 
     spec = _model_spec(weights, device, precision)
     model = spec if scheduler else resolve_model(spec)  # --scheduler: each worker loads it, on its --device
@@ -251,8 +251,8 @@ def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overw
 def _model_spec(weights: str | None, device: str, precision: str):
     """The model that --weights, --device and --precision name. On CUDA the CLI switches on
     cuDNN's autotuner for this process, on the user's behalf (the model's chunk shape is fixed)."""
-    from .devices import resolve_device
-    from .model_spec import ModelSpec
+    from ..model.devices import resolve_device
+    from ..model.spec import ModelSpec
 
     spec = ModelSpec.of(weights, device, precision)
     if resolve_device(spec.device).type == "cuda":
@@ -265,7 +265,7 @@ def _model_spec(weights: str | None, device: str, precision: str):
 
 def _log_model(weights: str | None, model, precision: str, device: str | None = None) -> None:
     """INFO: which model runs, in what precision, where (``model`` None: loaded elsewhere)."""
-    from .model import default_model_path, model_device
+    from ..model.load import default_model_path, model_device
 
     name = weights or f"the default model ({default_model_path().name})"
     identity = model.identity if model is not None else ""
@@ -275,8 +275,8 @@ def _log_model(weights: str | None, model, precision: str, device: str | None = 
 
 def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
     """The paired map/aerial data named by --layout (shared by train and evaluate)."""
-    from .data import SideBySideFolder, TwoFolders
-    from .errors import OptionError
+    from ..errors import OptionError
+    from ..train.data import SideBySideFolder, TwoFolders
 
     if layout == "side-by-side":
         return SideBySideFolder(data, direction)
@@ -284,7 +284,7 @@ def _pair_source(layout: str, data: str, direction: str, aerial: str | None):
         return TwoFolders(Path(data) / "map", Path(data) / "aerial")
     if aerial is None:
         raise OptionError("--layout rasters needs --aerial AERIAL_RASTER beside the map raster DATA")
-    from .georef_pairs import RasterPairs
+    from ..train.pairs import RasterPairs
 
     return RasterPairs(data, aerial)
 
@@ -345,9 +345,9 @@ def train(ctx, data, out_dir, layout, direction, aerial, preset, resume, device,
     Under torchrun (torchrun --nproc_per_node N -m geo_pix2pix train ...) it trains
     data-parallel on N processes; rank 0 writes the checkpoints (docs/scaling.md).
     """
-    from .errors import OptionError, OutputExistsError
-    from .networks import DiscriminatorConfig, GeneratorConfig
-    from .train import TrainConfig, Trainer
+    from ..errors import OptionError, OutputExistsError
+    from ..model.networks import DiscriminatorConfig, GeneratorConfig
+    from ..train.trainer import TrainConfig, Trainer
 
     last = Path(out_dir) / "last.pt"
     if last.exists() and not (resume and Path(resume).exists() and last.samefile(resume)):
@@ -407,8 +407,8 @@ def _train_recipe(ctx: click.Context, preset: str | None, resume: str | None, op
     recipe (or the preset), then the defaults. Says which of the checkpoint's it overrides."""
     from click.core import ParameterSource
 
-    from .checkpoints import load_checkpoint
-    from .train import PRESETS, checkpoint_recipe
+    from ..model.checkpoints import load_checkpoint
+    from ..train.trainer import PRESETS, checkpoint_recipe
 
     given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     if resume:
@@ -430,9 +430,9 @@ def _train_recipe(ctx: click.Context, preset: str | None, resume: str | None, op
 
 def _check_train_memory(gconf, dconf, batch_size: int, load_size: int, device: str) -> None:
     """Refuse, before anything is allocated, a run whose networks and batch cannot fit."""
-    from .devices import resolve_device
-    from .memory import check_memory, meta_module, train_bytes
-    from .networks import Discriminator, Generator
+    from ..model.devices import resolve_device
+    from ..model.memory import check_memory, meta_module, train_bytes
+    from ..model.networks import Discriminator, Generator
 
     g, d = meta_module(lambda: Generator(gconf)), meta_module(lambda: Discriminator(dconf))
     need = train_bytes(g, d, batch_size, 256, load_size)
@@ -470,7 +470,7 @@ def _saved_run_note(ctx: click.Context, last: Path) -> str:
 
 
 def _check_new_file(path: str | None, overwrite: bool) -> Path | None:
-    from .errors import OutputExistsError, OutputPathError
+    from ..errors import OutputExistsError, OutputPathError
 
     if path is None:
         return None
@@ -522,10 +522,10 @@ def evaluate(ctx, data, layout, direction, aerial, split, val_fraction, split_by
     """
     import json
 
-    from .evaluate import evaluate as evaluate_fn
-    from .evaluate import format_table
-    from .grid.tiling import DEFAULT_OVERLAP
-    from .model_spec import resolve_model
+    from ..evaluate.evaluation import evaluate as evaluate_fn
+    from ..evaluate.evaluation import format_table
+    from ..grid.tiling import DEFAULT_OVERLAP
+    from ..model.spec import resolve_model
 
     json_file, grid_file = _check_new_file(json_path, overwrite), _check_new_file(grid_path, overwrite)
     source = _pair_source(layout, data, direction, aerial)
@@ -579,23 +579,23 @@ def calibrate(ctx, data, out_path, weights, layout, direction, max_tiles, bands,
     """
     import numpy as np
 
-    from .accel.int8 import calibrate as calibrate_fn
-    from .checkpoints import export_checkpoint
-    from .errors import OptionError
-    from .model import default_model_path
-    from .model_spec import resolve_model
+    from ..errors import OptionError
+    from ..model.accel.int8 import calibrate as calibrate_fn
+    from ..model.checkpoints import export_checkpoint
+    from ..model.load import default_model_path
+    from ..model.spec import resolve_model
 
     out_file = _check_new_file(out_path, overwrite)
     src_weights = weights or default_model_path()
     model = resolve_model(src_weights, "cpu")
     if layout == "maps":
-        from .io.read import map_tiles
+        from ..io.read import map_tiles
 
         per_map = -(-max_tiles // len(data))  # each map's share, read evenly spread over it
         tiles = [t for path in data for t in map_tiles(path, bands=bands, limit=per_map)]
     else:
-        from .data import split_names
-        from .evaluate import resize
+        from ..evaluate.evaluation import resize
+        from ..train.data import split_names
 
         if len(data) != 1:
             raise OptionError(f"--layout {layout} takes one DATA folder, not {len(data)}")
@@ -628,8 +628,8 @@ def export_onnx(ctx, dst, weights, overwrite):
 
     Run it with --weights DST (onnxruntime, CPU; needs geo-pix2pix[onnx]).
     """
-    from .accel.onnx import export_onnx as export_fn
-    from .model_spec import resolve_model
+    from ..model.accel.onnx import export_onnx as export_fn
+    from ..model.spec import resolve_model
 
     out = _check_new_file(dst, overwrite)
     model = resolve_model(weights, "cpu")
@@ -691,8 +691,8 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
     CRS, or a URL template such as http://host/{z}/{x}/{y}.png. DEST: a folder (XYZ), an
     .mbtiles file or a .pmtiles archive. Reruns regenerate only tiles whose inputs changed.
     """
-    from .errors import OptionError
-    from .tiles import Area, CopyModel, make_tiles
+    from ..errors import OptionError
+    from ..tiles import Area, CopyModel, make_tiles
 
     if bbox and aoi:
         raise OptionError("give --bbox or --aoi, not both")
@@ -722,7 +722,7 @@ def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, r
     if not ctx.meta.get("quiet"):
         click.echo(f"{result.dest}: {result.summary()}", err=True)
     if webviewer:
-        from .serve.viewer import write_viewer
+        from ..serve.viewer import write_viewer
 
         url = source if str(source).startswith(("http://", "https://")) else None
         page = write_viewer(dest, map_url=url)
@@ -747,13 +747,13 @@ def osm_map(ctx, src, dst, bbox, resolution, overwrite):
     Roads, buildings, parks, water and railways are drawn in the colours and road widths of
     the default model's training maps. Needs the osm extra: pip install "geo-pix2pix[osm]".
     """
-    from .osm import DEFAULT_RESOLUTION, parse_bbox
-    from .osm import osm_map as draw_osm_map
+    from ..osm import DEFAULT_RESOLUTION, parse_bbox
+    from ..osm import osm_map as draw_osm_map
 
     logging.getLogger("pyrosm").setLevel(logging.WARNING)  # it logs every call at INFO
     if resolution is None:  # the default model's, read from its checkpoint
-        from .checkpoints import load_checkpoint
-        from .model import default_model_path
+        from ..model.checkpoints import load_checkpoint
+        from ..model.load import default_model_path
 
         model_path = default_model_path()
         resolution = load_checkpoint(model_path).ground_resolution if model_path.exists() else None
@@ -783,7 +783,7 @@ def qgis_build_plugin(ctx, output, overwrite):
     The zip holds the plugin's sources only; on first use the plugin installs
     geo-pix2pix (this version), PyTorch and rasterio into its own environment.
     """
-    from .qgis.build import build_plugin
+    from ..qgis.build import build_plugin
 
     result = build_plugin(output, overwrite=overwrite)
     if not ctx.meta.get("quiet"):
@@ -805,7 +805,7 @@ def qgis_install_plugin(ctx, profile_dir, overwrite):
     Run it with the Python that QGIS uses (or one of the same version): the plugin
     records where this Python finds geo_pix2pix, so QGIS finds it there too.
     """
-    from .qgis.install import PLUGIN_NAME, install_plugin
+    from ..qgis.install import PLUGIN_NAME, install_plugin
 
     result = install_plugin(profile_dir, overwrite=overwrite)
     if not ctx.meta.get("quiet"):
@@ -850,8 +850,8 @@ def serve(ctx, source, cache, host, port, zoom, bbox, fmt, quality, buffer, rend
     cache for the other. Endpoints: /{z}/{x}/{y}.png, /map/{z}/{x}/{y}.png (SOURCE),
     /tilejson.json, / (viewer), /healthz.
     """
-    from .serve.server import serve as run_server
-    from .tiles import Area
+    from ..serve.server import serve as run_server
+    from ..tiles import Area
 
     model = _model_spec(weights, device, precision)
     ctx.meta["interrupted_note"] = ("stopped serving; every tile and manifest row written is whole, and a "

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import OptionError
+from ..errors import OptionError
 
 __all__ = ["available_memory", "check_memory", "format_bytes", "layer_outputs", "meta_module",
            "render_batch_bytes", "train_bytes"]

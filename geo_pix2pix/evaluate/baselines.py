@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 __all__ = ["MeanColour", "PaletteLookup"]
 

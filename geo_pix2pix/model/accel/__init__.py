@@ -1,4 +1,4 @@
-"""Optional accelerated paths, outside the core model path (:mod:`geo_pix2pix.model`).
+"""Optional accelerated paths, outside the core model path (:mod:`geo_pix2pix.model.load`).
 
 - :mod:`.int8`: ``--precision int8``, quantised CPU inference on PyTorch's ``torch.ao``
   FX quantisation API (deprecated upstream in favour of torchao; kept while it measures

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
-from .cluster import connect, in_order
-from .grid.blend import RowResult
-from .grid.core import TilePipeline, render_tile_rows
-from .grid.tiling import TileGrid
-from .io.read import is_gdal_name
-from .model import InferenceModel
-from .model_spec import ModelSpec
+from ..grid.blend import RowResult
+from ..grid.core import TilePipeline, render_tile_rows
+from ..grid.tiling import TileGrid
+from ..io.read import is_gdal_name
+from ..model.load import InferenceModel
+from ..model.spec import ModelSpec
+from .cluster import connect, in_order, worker_model
 
 __all__ = ["ClusterRowPipeline", "RasterSpec", "RemoteRender"]
 
@@ -52,9 +52,9 @@ class RasterSpec:
 
     @contextmanager
     def open(self):
-        from .errors import NotGeoreferencedWarning
-        from .io.read import open_map_raster
-        from .model_grid import on_model_grid
+        from ..errors import NotGeoreferencedWarning
+        from ..io.model_grid import on_model_grid
+        from ..io.read import open_map_raster
 
         with ExitStack() as stack:
             with warnings.catch_warnings():
@@ -69,10 +69,10 @@ def _render_rows_task(rows: range, raster: RasterSpec, spec: ModelSpec, grid: Ti
                       batch_size: int) -> list[RowResult]:
     import rasterio
 
-    from .errors import CheckpointError, InputRasterError
+    from ..errors import CheckpointError, InputRasterError
 
     try:
-        model = spec.load_cached()
+        model = worker_model(spec)
         with rasterio.Env(GDAL_CACHEMAX=TASK_GDAL_CACHE_BYTES), raster.open() as reader:
             return render_tile_rows(reader, model, grid, rows, batch_size)
     except (InputRasterError, CheckpointError) as exc:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...errors import CheckpointError, OptionError
+from ...io.atomic import replacing
 from ..checkpoints import GROUND_RESOLUTION_RANGE, file_hash
 from ..engine import InferenceUNet
-from ..errors import CheckpointError, OptionError
-from ..io.atomic import replacing
 
 __all__ = ["OnnxModel", "export_onnx", "is_onnx_path"]
 
@@ -38,7 +38,7 @@ def is_onnx_path(path: str | os.PathLike | None) -> bool:
 
 
 def export_onnx(model, dst: str | os.PathLike) -> Path:
-    """Write ``model`` (a :class:`~geo_pix2pix.model.Pix2PixModel`) as ONNX, atomically."""
+    """Write ``model`` (a :class:`~geo_pix2pix.model.load.Pix2PixModel`) as ONNX, atomically."""
     try:
         import onnx
     except ImportError:

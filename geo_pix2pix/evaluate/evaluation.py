@@ -32,16 +32,17 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ..errors import DatasetError, OptionError
+from ..grid.blend import RowMerger
+from ..grid.core import render_rows
+from ..grid.cut import ArrayReader
+from ..grid.tiling import DEFAULT_OVERLAP, TileGrid
+from ..model.spec import resolve_model
+from ..train import regions
+from ..train.data import PairSource
 from . import judge as judging
-from . import metrics, regions
+from . import metrics
 from .baselines import MeanColour, PaletteLookup
-from .data import PairSource
-from .errors import DatasetError, OptionError
-from .grid.blend import RowMerger
-from .grid.core import render_rows
-from .grid.cut import ArrayReader
-from .grid.tiling import DEFAULT_OVERLAP, TileGrid
-from .model_spec import resolve_model
 
 __all__ = ["EVAL_SIZE", "Evaluation", "Scores", "Structure", "evaluate", "format_table", "render_tiles", "resize"]
 

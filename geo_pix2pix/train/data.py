@@ -6,7 +6,7 @@ Sources (each yields ``(map, aerial)`` uint8 arrays of shape (H, W, 3)):
   (``A`` left, ``B`` right, as in the reference code; ``direction="BtoA"`` makes the
   right half the input, which is map → aerial for the pix2pix *maps* dataset).
 - :class:`TwoFolders`: ``map/`` and ``aerial/`` folders of same-named tiles.
-- :func:`geo_pix2pix.georef_pairs.RasterPairs`: a map raster and an aerial raster of
+- :func:`geo_pix2pix.train.pairs.RasterPairs`: a map raster and an aerial raster of
   one area, aligned by warping and cut into tiles by the tile module.
 
 :class:`JitteredPairs` applies the paper's augmentation (resize, random crop, mirror,
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DatasetError, OptionError
-from .grid import blend
+from ..errors import DatasetError, OptionError
+from ..grid import blend
 
 __all__ = [
     "AUGMENTS",

@@ -1,0 +1,1 @@
+"""The command line: `geo-pix2pix` (:mod:`.main`) and its option types (:mod:`.options`)."""
