@@ -202,7 +202,7 @@ def test_a_pickled_model_leaves_the_checkpoints_other_contents_behind(tmp_path):
     assert np.array_equal(run_batch(copy, tiles), run_batch(model, tiles))
 
 
-# The channels-last engine chosen on CPUs with AMX (engine_nhwc). Its code runs on any CPU:
+# The channels-last engine chosen on CPUs with AMX (model/engine_amx.py). Its code runs on any CPU:
 # in float32 it is held to the generator's function, in bfloat16 to bfloat16 rounding.
 
 @pytest.fixture

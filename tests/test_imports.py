@@ -130,6 +130,35 @@ def test_light_modules_import_without_torch(module):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def _external_imports(path: Path) -> set[str]:
+    """Top-level packages outside geo_pix2pix that ``path`` imports at import time."""
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_qgis_start_up_imports_no_torch():
+    """What QGIS imports when the plugin registers its Processing provider (QGIS itself is not
+    needed to check it): the modules reached at import time import neither torch nor rasterio."""
+    mods = _modules()
+    todo, seen = ["qgis.provider"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        heavy = _external_imports(mods[name]) & set(HEAVY)
+        assert not heavy, f"geo_pix2pix.{name}, imported when QGIS starts, imports {sorted(heavy)}"
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # packages run first
+        todo += [d for d in _imports(name, mods[name], module_level_only=True) if d in mods]
+        todo += [p for p in parents if p in mods]
+    assert {"qgis.algorithms", "model.choices"} <= seen
+
+
 def test_help_loads_only_the_command_line():
     """``--help`` imports click and the package's command modules, nothing heavy (what keeps it fast)."""
     code = ("import sys; from geo_pix2pix.cli.main import main; main(['--help'], standalone_mode=False); "

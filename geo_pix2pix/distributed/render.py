@@ -11,7 +11,7 @@ its tile rows with the same code, so the output is the same, bit for bit on the 
 most :func:`cluster.task_window` rows are submitted and not yet merged: memory on the
 client is a few tile rows, whatever the raster's height.
 
-Workers get the model once per process from its :class:`model_spec.ModelSpec`: by its
+Workers get the model once per process from its :class:`~geo_pix2pix.model.spec.ModelSpec`: by its
 checkpoint path (which every worker must be able to open, as the input raster), or, for
 a module given in Python, pickled and scattered to every worker from the client.
 """
@@ -108,7 +108,7 @@ class RemoteRender:
     @classmethod
     @contextmanager
     def open(cls, client, model, device: str | None):
-        """``model``: anything :func:`model_spec.resolve_model` takes.
+        """``model``: anything :func:`~geo_pix2pix.model.spec.resolve_model` takes.
 
         Yields a RemoteRender whose ``model`` is a client-side copy for the facts render
         needs (ground resolution, tile multiple); the workers load their own on ``device``.

@@ -8,11 +8,10 @@ import platform
 import torch
 
 from ..errors import DeviceError
+from .choices import DEVICE_CHOICES
 
 __all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "cpu_bf16_kind", "cpu_description", "cpu_flags",
            "cpu_has_native_bf16", "resolve_device"]
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:

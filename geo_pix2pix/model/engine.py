@@ -3,7 +3,7 @@
 :class:`InferenceUNet` folds BatchNorm into the convolutions, runs BatchNorm models
 channels-last, turns the head into a sub-pixel convolution (:class:`SubPixelDeconv`) and
 runs without dropout or autograd, in float32 or (``--precision bf16``) bfloat16. On CPUs
-with AMX :func:`float32_engine` and :func:`bfloat16_engine` build :mod:`engine_nhwc`'s
+with AMX :func:`float32_engine` and :func:`bfloat16_engine` build :mod:`.engine_amx`'s
 channels-last engine instead. Each choice, and the CPU it was measured on, is in
 ``docs/performance.md``; ``tests/test_engine.py`` holds every engine to the generator.
 """
@@ -204,7 +204,7 @@ class InferenceUNet(nn.Module):
 
 
 def _amx_engine(gen: Generator, cpu: str | None, dtype: torch.dtype) -> nn.Module | None:
-    """:class:`engine_nhwc.ChannelsLastUNet` where ``cpu`` (``"auto"``: :func:`devices.cpu_bf16_kind`)
+    """:class:`.engine_amx.ChannelsLastUNet` where ``cpu`` (``"auto"``: :func:`devices.cpu_bf16_kind`)
     is ``"amx"`` and the generator is on the CPU, else None."""
     if cpu == "auto":
         cpu = devices.cpu_bf16_kind()
@@ -227,7 +227,7 @@ def bfloat16_engine(gen: Generator, cpu: str | None = "auto") -> nn.Module:
     bfloat16 weights and activations in between. The layout follows how the CPU multiplies
     bfloat16: ``cpu``, by default :func:`devices.cpu_bf16_kind` (the tests pass each value):
 
-    - ``"amx"``: :class:`engine_nhwc.ChannelsLastUNet`, every layer channels-last with
+    - ``"amx"``: :class:`.engine_amx.ChannelsLastUNet`, every layer channels-last with
       a sub-pixel decoder, the layout oneDNN's AMX kernels work in;
     - otherwise (AVX512-BF16, or emulated) the float32 engine's graph; NCHW (InstanceNorm)
       models get the sub-pixel decoder, which oneDNN runs faster in bfloat16.

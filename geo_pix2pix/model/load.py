@@ -6,7 +6,7 @@ the default model shipped in the package) as a :class:`Pix2PixModel`, whose call
 autograd run the inference engine (:mod:`engine`). :func:`as_inference_model` gives any
 module those facts: a :class:`~geo_pix2pix.model.networks.Generator` becomes a
 :class:`Pix2PixModel` (so it gets the engine too), another module a :class:`PlainModel`.
-Callers name a model through :mod:`model_spec` (path or module, device, precision).
+Callers name a model through :mod:`.spec` (path or module, device, precision).
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceError, OptionError
 from .checkpoints import Checkpoint, file_hash, load_checkpoint
+from .choices import PRECISIONS
 from .devices import autocast, cpu_has_native_bf16, resolve_device
 from .engine import COMPUTE_CHUNK, bfloat16_engine, float32_engine
 from .networks import Generator
 
 __all__ = ["DEFAULT_MODEL", "PRECISIONS", "InferenceModel", "Pix2PixModel", "PlainModel", "as_inference_model",
            "default_model_path", "load_model", "model_device", "run_batch"]
-
-#: Precisions :func:`load_model` accepts.
-#: Order matters: QGIS Processing stores the index of the choice in saved models and
-#: scripts, so new precisions go at the end.
-PRECISIONS = ("fp32", "int8", "bf16")
 
 #: File name of the default model inside the package's ``weights`` folder.
 DEFAULT_MODEL = "default.pt"

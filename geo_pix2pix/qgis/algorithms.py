@@ -33,8 +33,7 @@ from qgis.core import (
 )
 
 from ..errors import GeoPix2PixError
-from ..model.devices import DEVICE_CHOICES
-from ..model.load import PRECISIONS
+from ..model.choices import DEVICE_CHOICES, PRECISIONS
 from .feedback import run_with_feedback
 from .layers import find_layer, layer_source, xyz_url_template
 
