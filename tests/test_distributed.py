@@ -81,8 +81,8 @@ def test_scheduler_spec():
 
 
 def test_nothing_about_dask_is_imported_without_a_scheduler():
-    code = ("import geo_pix2pix.cli.main, geo_pix2pix.render, geo_pix2pix.tiles, geo_pix2pix.train.trainer; import sys; "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]")
+    code = ("import geo_pix2pix.cli.main, geo_pix2pix.render, geo_pix2pix.tiles, geo_pix2pix.train.trainer; "
+            "import sys; assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
