@@ -1,1 +1,2 @@
-"""The command line: `geo-pix2pix` (:mod:`.main`) and its option types (:mod:`.options`)."""
+"""The command line: `geo-pix2pix` (:mod:`.main`, the group), one module per command, their
+shared helpers (:mod:`.common`, :mod:`.signals`) and option types (:mod:`.options`)."""

@@ -16,8 +16,8 @@ import click
 
 from ..errors import OptionError
 
-__all__ = ["Number", "batch_opt", "device_opt", "overlap_opt", "overwrite_opt", "precision_opt",
-           "scheduler_opt", "weights_opt"]
+__all__ = ["FRACTION", "GROUND_RESOLUTION", "Number", "batch_opt", "device_opt", "overlap_opt", "overwrite_opt",
+           "precision_opt", "scheduler_opt", "weights_opt"]
 
 
 class Number(click.ParamType):
@@ -65,6 +65,10 @@ def count(lo: int = 1, hi: int | None = None, hint: str = "") -> Number:
     """An integer count (tiles, steps, workers…), at least ``lo``."""
     return Number(int, lo, hi, hint=hint)
 
+
+FRACTION = Number(float, 0, 1, hi_open=True, hint="the default is 0.1")
+#: the range checkpoints.GROUND_RESOLUTION_RANGE accepts (not imported: it would bring torch)
+GROUND_RESOLUTION = Number(float, 1e-3, 1e5, hint="metres per pixel, e.g. 2.12")
 
 weights_opt = click.option("--weights", "-w", type=click.Path(dir_okay=False), default=None,
                            help="Checkpoint file; default: the model shipped with geo-pix2pix.")

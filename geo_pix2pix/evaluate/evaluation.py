@@ -44,7 +44,8 @@ from . import judge as judging
 from . import metrics
 from .baselines import MeanColour, PaletteLookup
 
-__all__ = ["EVAL_SIZE", "Evaluation", "Scores", "Structure", "evaluate", "format_table", "render_tiles", "resize"]
+__all__ = ["EVAL_SIZE", "Evaluation", "Scores", "Structure", "evaluate", "format_table", "render_tiles", "resize",
+           "write_report"]
 
 #: Height and width of the images scored.
 EVAL_SIZE = 256
@@ -362,3 +363,32 @@ def format_table(ev: Evaluation) -> str:
         lines.append(f"judge: {st.recipe.size}×{st.recipe.size} segmenter trained on the {st.train_tiles} "
                      f"training tiles' real aerials, {how}: {st.judge}")
     return "\n".join(lines)
+
+
+def write_report(ev: Evaluation, model, data: str | Path, weights: str | Path | None = None,
+                 json_path: str | Path | None = None, grid_path: str | Path | None = None) -> list[Path]:
+    """Write ``ev`` as a JSON record (the figures, ``data`` and the resolved ``model``'s
+    identity; ``weights`` None: the default model) and its grid as an image (format from
+    ``grid_path``'s suffix), each atomically. Returns the paths written."""
+    import json
+
+    from ..io.atomic import replacing
+
+    written = []
+    if json_path is not None:
+        record = ev.to_dict()
+        record["data"] = str(data)
+        record["model"] = {"weights": str(weights) if weights else "default",
+                           "identity": model.identity, "steps": model.provenance.get("steps"),
+                           "precision": model.precision,
+                           "ground_resolution": model.ground_resolution}
+        with replacing(json_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        written.append(Path(json_path))
+    if grid_path is not None and ev.grid is not None:
+        from PIL import Image
+
+        with replacing(grid_path, suffix=Path(grid_path).suffix) as tmp:  # the suffix names the image format
+            Image.fromarray(ev.grid).save(tmp)
+        written.append(Path(grid_path))
+    return written
