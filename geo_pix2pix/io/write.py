@@ -372,22 +372,13 @@ def _write_gtiff(raster: MapRaster, path: Path, rows: Iterable[tuple[int, np.nda
 
 
 class _BlockRowWriter:
-    """Collects finished rows and writes them in whole rows of GeoTIFF blocks,
-    optionally in a background thread.
+    """Collects finished rows (with their mask) and writes them in whole rows of GeoTIFF blocks.
 
-    A compressed tiled GeoTIFF cannot update part of a block in place: GDAL would keep
-    the block in its cache (memory growing with the raster's width × rows) or rewrite
-    it at the end of the file. Writing whole block rows avoids both.
-
-    With ``background=True`` compressing and writing a block row runs in one writer
-    thread while the model works on the next tiles (GDAL releases the GIL), so the
-    model does not wait on the disk. At most one block row is in flight besides the one
-    being filled: two block rows of memory instead of one. Only the writer thread
-    touches ``out``. The rows' mask comes with them (the tile core read it with the
-    pixels). :meth:`close` waits for the last write and raises its error, if any.
-
-    Render uses the thread when the model computes elsewhere (a GPU, a Dask cluster);
-    a model on the CPU already keeps every core busy (docs/performance.md).
+    A compressed tiled GeoTIFF cannot update part of a block in place (GDAL would cache
+    or rewrite it), so whole block rows are written. With ``background=True`` one writer
+    thread compresses and writes while the model works on (used when the model computes
+    elsewhere: a GPU, a Dask cluster); at most one block row is in flight. :meth:`close`
+    waits for the last write and raises its error, if any.
     """
 
     def __init__(self, out, raster: MapRaster, background: bool = False) -> None:
