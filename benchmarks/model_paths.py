@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geo_pix2pix import devices
+from geo_pix2pix.model import devices
 from geo_pix2pix.model.engine import COMPUTE_CHUNK
 from geo_pix2pix.model.engine_amx import ChannelsLastUNet
 from geo_pix2pix.model.load import load_model

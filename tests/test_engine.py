@@ -208,7 +208,7 @@ def test_a_pickled_model_leaves_the_checkpoints_other_contents_behind(tmp_path):
 @pytest.fixture
 def amx_choice(monkeypatch):
     """The engine chooses as on a CPU with AMX."""
-    from geo_pix2pix import devices
+    from geo_pix2pix.model import devices
 
     monkeypatch.setattr(devices, "cpu_bf16_kind", lambda: "amx")
 
@@ -289,7 +289,7 @@ def test_bfloat16_engine_follows_the_cpu(norm, amx_choice):
 
 
 def test_cpu_bf16_kind_reads_the_flags(monkeypatch):
-    from geo_pix2pix import devices
+    from geo_pix2pix.model import devices
 
     assert devices.cpu_bf16_kind() in ("amx", "avx512_bf16", None)
     assert devices.cpu_has_native_bf16() == (devices.cpu_bf16_kind() is not None)

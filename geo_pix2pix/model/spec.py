@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-
 if TYPE_CHECKING:
     from .load import InferenceModel
 
