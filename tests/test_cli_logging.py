@@ -41,8 +41,26 @@ def test_render_logs_model_precision_device_and_speed(make_raster, tmp_path, wei
     result = cli("render", src, tmp_path / "out.tif", "-w", weights, "--device", "cpu")
     assert result.exit_code == 0, result.output
     lines = [r.getMessage() for r in caplog.records if r.name == "geo_pix2pix"]
-    assert f"model {weights} [" in lines[0] and lines[0].endswith("], fp32 on cpu")
+    model_lines = [s for s in lines if s.startswith("model ")]
+    assert f"model {weights} [" in model_lines[0] and model_lines[0].endswith("], fp32 on cpu")
     assert [s for s in lines if s.startswith("rendered 4 tile(s) in ") and s.endswith(" tiles/s)")]
+
+
+@pytest.mark.parametrize("load,given,expected", [(0.1, None, 2), (1.2, None, 1), (5.0, None, 1), (5.0, 2, 2)])
+def test_render_leaves_busy_cores_to_their_processes(make_raster, tmp_path, weights, caplog, monkeypatch,
+                                                     load, given, expected):
+    """Without --threads, the model gets the cores other processes do not keep busy; the
+    thread count is restored after the command."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    caplog.set_level(logging.INFO, logger="geo_pix2pix")
+    before = torch.get_num_threads()
+    args = ["--threads", str(given)] if given else []
+    result = cli("render", make_raster(64, 64), tmp_path / "out.tif", "-w", weights, "--device", "cpu", *args)
+    assert result.exit_code == 0, result.output
+    chosen = [r.getMessage() for r in caplog.records if "CPU thread" in r.getMessage()]
+    assert chosen and chosen[0].startswith(f"{expected} CPU thread(s) for the model")
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import click
 
 from .signals import check_interrupted
 
-__all__ = ["check_new_file", "keeps_heap", "log", "log_model", "model_spec", "pair_source", "progress_bar"]
+__all__ = ["check_new_file", "keeps_heap", "log", "log_model", "model_spec", "pair_source", "progress_bar",
+           "sets_threads"]
 
 log = logging.getLogger("geo_pix2pix")
 
@@ -26,6 +27,29 @@ def keeps_heap(command):
 
         with kept_heap():
             return command(*args, **kwargs)
+
+    return run
+
+
+def sets_threads(command):
+    """Run ``command`` (which takes ``threads``) with that many torch CPU threads, by default
+    the cores other processes leave free (:func:`devices.free_cpu_threads`), restored on exit."""
+
+    @functools.wraps(command)
+    def run(*args, threads=None, **kwargs):
+        import torch
+
+        from ..model.devices import free_cpu_threads
+
+        before = torch.get_num_threads()
+        chosen = threads or free_cpu_threads()
+        log.info("%d CPU thread(s) for the model%s", chosen,
+                 "" if threads else " (cores not busy with other processes; --threads to choose)")
+        torch.set_num_threads(chosen)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
 
     return run
 

@@ -6,8 +6,17 @@ import time
 
 import click
 
-from .common import keeps_heap, log, log_model, model_spec, progress_bar
-from .options import batch_opt, device_opt, overlap_opt, overwrite_opt, precision_opt, scheduler_opt, weights_opt
+from .common import keeps_heap, log, log_model, model_spec, progress_bar, sets_threads
+from .options import (
+    batch_opt,
+    device_opt,
+    overlap_opt,
+    overwrite_opt,
+    precision_opt,
+    scheduler_opt,
+    threads_opt,
+    weights_opt,
+)
 
 
 @click.command()
@@ -15,6 +24,7 @@ from .options import batch_opt, device_opt, overlap_opt, overwrite_opt, precisio
 @click.argument("dst", type=click.Path())
 @weights_opt
 @device_opt
+@threads_opt
 @precision_opt
 @batch_opt
 @overlap_opt
@@ -31,6 +41,7 @@ from .options import batch_opt, device_opt, overlap_opt, overwrite_opt, precisio
 @scheduler_opt
 @click.pass_context
 @keeps_heap
+@sets_threads
 def render(ctx, src, dst, weights, device, precision, batch_size, overlap, overwrite, bands, model_grid, cog,
            compress, overviews, scheduler):
     """Render the map raster SRC into a synthetic aerial image DST.

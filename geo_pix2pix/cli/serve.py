@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import keeps_heap, model_spec
-from .options import Number, count, device_opt, precision_opt, weights_opt
+from .common import keeps_heap, model_spec, sets_threads
+from .options import Number, count, device_opt, precision_opt, threads_opt, weights_opt
 
 
 @click.command()
@@ -31,9 +31,11 @@ from .options import Number, count, device_opt, precision_opt, weights_opt
 @click.option("--bands", type=str, default=None, help="Raster SOURCE: bands to read as R,G,B.")
 @weights_opt
 @device_opt
+@threads_opt
 @precision_opt
 @click.pass_context
 @keeps_heap
+@sets_threads
 def serve(ctx, source, cache, host, port, zoom, bbox, fmt, quality, buffer, render_zoom, workers, queue_size, bands,
           weights, device, precision):
     """Serve synthetic aerial XYZ tiles of map SOURCE live, with a web viewer, until Ctrl-C.

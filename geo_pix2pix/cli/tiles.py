@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import keeps_heap, model_spec, progress_bar
-from .options import Number, count, device_opt, precision_opt, scheduler_opt, weights_opt
+from .common import keeps_heap, model_spec, progress_bar, sets_threads
+from .options import Number, count, device_opt, precision_opt, scheduler_opt, threads_opt, weights_opt
 
 
 @click.command()
@@ -45,6 +45,7 @@ from .options import Number, count, device_opt, precision_opt, scheduler_opt, we
                    "[default: 100,000,000].")
 @weights_opt
 @device_opt
+@threads_opt
 @precision_opt
 @click.option("--overwrite", is_flag=True,
               help="Write into a DEST that geo-pix2pix did not make (a file DEST is replaced, once the new "
@@ -54,6 +55,7 @@ from .options import Number, count, device_opt, precision_opt, scheduler_opt, we
               help="XYZ DEST: also write index.html, a map page of the tiles that works offline (Leaflet inside).")
 @click.pass_context
 @keeps_heap
+@sets_threads
 def tiles(ctx, source, dest, zoom, bbox, aoi, fmt, quality, meta_size, buffer, render_zoom, workers, expire,
           force, no_model, bands, name, attribution, url_base, max_tiles, weights, device, precision, overwrite,
           scheduler, webviewer):

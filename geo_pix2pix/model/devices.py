@@ -11,7 +11,7 @@ from ..errors import DeviceError
 from .choices import DEVICE_CHOICES
 
 __all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "cpu_bf16_kind", "cpu_description", "cpu_flags",
-           "cpu_has_native_bf16", "resolve_device"]
+           "cpu_has_native_bf16", "free_cpu_threads", "resolve_device"]
 
 
 def _mps_available() -> bool:
@@ -95,6 +95,20 @@ def cpu_bf16_kind() -> str | None:
         amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
         avx512 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     return "amx" if amx else "avx512_bf16" if avx512 else None
+
+
+def free_cpu_threads(cpus: int | None = None, load: float | None = None) -> int:
+    """CPU threads for the model: the cores this process may use, less those other processes
+    keep busy (the 1-minute load average), at least one. oneDNN's parallel regions wait for
+    their slowest thread, so a thread that shares its core with another job slows all of
+    them (``docs/performance.md``, "A busy machine")."""
+    import os
+
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cpus, cpus - round(load)))
 
 
 def cpu_has_native_bf16() -> bool:
