@@ -144,7 +144,7 @@ def main() -> None:
                 clock("model only (overlap-0 tiles)", lambda: [run_batch(model, tiles[i : i + 64])
                                                                for i in range(0, len(tiles), 64)])
             for label, (overlap, overviews) in runs.items():
-                with ModelClock() as mc:
+                with ModelClock() as mc, kept_heap():  # as `geo-pix2pix render` runs it
                     clock(label, lambda o=overlap, v=overviews: geo_pix2pix.render(
                         src, dst, model=model, overlap=o, overviews=v, compress=args.compress, overwrite=True))
                 model_share[label].append(mc.seconds)
