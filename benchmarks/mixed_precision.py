@@ -28,8 +28,8 @@ import statistics
 import torch
 from torch import nn
 
-from geo_pix2pix.model import devices
 from geo_pix2pix.cli.main import _pair_source
+from geo_pix2pix.model import devices
 from geo_pix2pix.model.checkpoints import load_checkpoint
 from geo_pix2pix.model.load import default_model_path
 from geo_pix2pix.train.data import Jitter, JitteredPairs, split_names

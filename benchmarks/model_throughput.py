@@ -48,9 +48,9 @@ import torch
 from torch import nn
 
 import geo_pix2pix
-from geo_pix2pix.model import devices
 from geo_pix2pix.heap import kept_heap
 from geo_pix2pix.io.read import map_tiles
+from geo_pix2pix.model import devices
 from geo_pix2pix.model.accel.int8 import calibrate
 from geo_pix2pix.model.engine import COMPUTE_CHUNK, InferenceUNet, bfloat16_engine
 from geo_pix2pix.model.engine_amx import ChannelsLastUNet

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from geo_pix2pix.model import devices
 from geo_pix2pix.heap import kept_heap
+from geo_pix2pix.model import devices
 from geo_pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig
 from geo_pix2pix.train.data import PairSource
 from geo_pix2pix.train.trainer import TrainConfig, Trainer

@@ -80,7 +80,8 @@ def test_nan_in_make_tiles_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("height,width,suffix,cog", [
     (2000, 3, ".tif", False), (3, 2000, ".tif", False), (2000, 3, ".tif", True), (2000, 3, ".png", False),
-    pytest.param(100000, 1, ".tif", False, marks=pytest.mark.slow), pytest.param(1, 100000, ".tif", False, marks=pytest.mark.slow),
+    pytest.param(100000, 1, ".tif", False, marks=pytest.mark.slow),
+    pytest.param(1, 100000, ".tif", False, marks=pytest.mark.slow),
 ])
 def test_narrow_rasters_render_with_the_overviews_their_shape_allows(make_raster, tmp_path, identity,
                                                                      height, width, suffix, cog):
@@ -203,7 +204,8 @@ def test_a_vrt_with_a_missing_source_names_the_file(make_raster, tmp_path):
 
     with pytest.raises(InputRasterError) as err:
         render(vrt, tmp_path / "out.tif", model=_at(1.0, Exploding()))
-    assert f"reads the file {str(part)!r}, which does not exist: restore it, or fix its path in 'map.vrt'" in str(err.value)
+    assert (f"reads the file {str(part)!r}, which does not exist: restore it, or fix its path in 'map.vrt'"
+            in str(err.value))
     assert not (tmp_path / "out.tif").exists()
 
 
@@ -298,6 +300,6 @@ def test_anisotropic_degrees_are_resampled_to_square_ground_pixels(make_raster, 
     with rasterio.open(tmp_path / "grid.tif") as b:
         assert abs(b.width - 200) <= 2 and abs(b.height - 400) <= 4  # square 1.1 m pixels: twice as many rows
     with pytest.warns(ResolutionWarning, match=r"the model has no ground resolution, .* without resampling; its "
-                                               r"pixels are 1\.1\d* × 2\.2\d* m on the ground, so the model sees the map "
-                                               r"stretched 2×"):
+                                               r"pixels are 1\.1\d* × 2\.2\d* m on the ground, so the model sees "
+                                               r"the map stretched 2×"):
         assert not render(src, tmp_path / "plain.tif", model=torch.nn.Identity()).resampled
