@@ -295,7 +295,7 @@ def _run_chunk(model: nn.Module, tiles: np.ndarray, device: torch.device | None,
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"the model mapped a batch {tuple(x.shape)} to {tuple(y.shape)}; "
                          "render needs a model that keeps the shape (N, 3, H, W)")
-    # ±inf becomes NaN here, so that the one check for broken outputs (pipeline.run_tiles)
+    # ±inf becomes NaN here, so that the one check for broken outputs (grid.core.run_tiles)
     # sees it rather than a clamped, plausible-looking ±1.
     nan = float("nan")
     return y.float().nan_to_num_(nan=nan, posinf=nan, neginf=nan).clamp_(-1, 1).cpu().numpy()
