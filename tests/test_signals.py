@@ -52,6 +52,12 @@ def wait_for_temporaries(proc, folder: Path) -> None:
         time.sleep(0.02)
 
 
+def hangup_default() -> None:
+    """SIGHUP as a terminal session gives it, whatever the test runner inherited: under nohup it
+    is ignored, and the command line keeps an inherited ignore (as nohup users expect)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def assert_left_as_it_was(folder: Path, dst: Path, before: bytes) -> None:
     assert not list(folder.glob(".*")), list(folder.glob(".*"))  # no temporary file left
     assert dst.read_bytes() == before
@@ -60,7 +66,8 @@ def assert_left_as_it_was(folder: Path, dst: Path, before: bytes) -> None:
 @pytest.mark.slow
 def test_sighup_during_render_cleans_up_like_sigterm(slow_render, tmp_path):
     command, dst, before = slow_render
-    proc = subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=hangup_default)
     try:
         wait_for_temporaries(proc, tmp_path)
         proc.send_signal(signal.SIGHUP)
@@ -123,7 +130,8 @@ def test_signal_while_torch_is_imported_is_a_clean_exit(make_raster, tmp_path, s
     # -X importtime reports each module as its import ends: a torch submodule means torch is underway.
     proc = subprocess.Popen([sys.executable, "-X", "importtime", *render_command(make_raster(64, 64), dst,
                                                                                   "none.pt", "--overwrite")[1:]],
-                            env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=hangup_default)
     lines = []
     try:
         for line in proc.stderr:
