@@ -37,6 +37,8 @@ def sets_threads(command):
 
     @functools.wraps(command)
     def run(*args, threads=None, **kwargs):
+        if kwargs.get("scheduler"):  # the model runs on the Dask workers, one thread each
+            return command(*args, **kwargs)
         import torch
 
         from ..model.devices import free_cpu_threads
