@@ -11,11 +11,14 @@ Helsinki, written to a temporary folder. For each client count a fresh server an
   the clients (each tile rendered on request, its metatile coalesced);
 - *warm*: ``--warm-requests`` requests for random tiles of the area, all in the cache.
 
-The server is ``geo-pix2pix serve`` in a process of its own; clients are asyncio tasks of
-one httpx client with keep-alive connections in this one (on a small machine they share
-its cores). Besides wall-clock rates, the server's own CPU time per request is measured
-(from /proc): it does not depend on what else the machine runs. Prints a Markdown table
-and the CPU model (docs/performance.md holds the figures).
+The server is ``geo-pix2pix serve`` in a process of its own. Cold requests come from
+asyncio tasks of one httpx client in this process. Warm requests come from ``wrk`` when it
+is on PATH (``--warm-seconds`` per client count, random tile paths from a Lua script), else
+from the same httpx client (``--warm-requests``); for the warm phase the server is pinned to
+one core and the client to another, where the machine has two, so they do not take each
+other's CPU. Besides wall-clock rates, the server's own CPU time per request is measured
+(from /proc): it does not depend on what else the machine runs. Prints which client ran,
+a Markdown table and the CPU model (docs/performance.md holds the figures).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import io
 import math
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import mercantile
 import numpy as np
@@ -71,8 +76,18 @@ def write_source(root: Path, tiles) -> Path:
     return root
 
 
-async def fetch_all(url: str, paths: list[str], clients: int) -> tuple[list[float], float, dict]:
-    """Request ``paths`` with ``clients`` concurrent tasks; (latencies, seconds, status counts)."""
+class Load(NamedTuple):
+    """What a client saw: requests answered, seconds, latency percentiles (s), status counts."""
+
+    requests: int
+    seconds: float
+    p50: float
+    p99: float
+    statuses: dict
+
+
+async def fetch_all(url: str, paths: list[str], clients: int) -> Load:
+    """Request ``paths`` with ``clients`` concurrent tasks of one httpx client."""
     import httpx
 
     queue = list(reversed(paths))
@@ -90,7 +105,62 @@ async def fetch_all(url: str, paths: list[str], clients: int) -> tuple[list[floa
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        return latencies, time.perf_counter() - t0, statuses
+        return Load(len(latencies), time.perf_counter() - t0, pct(latencies, 0.5), pct(latencies, 0.99), statuses)
+
+
+#: wrk's script: a random tile of the area per request; prints one RESULT line at the end.
+WRK_LUA = """
+math.randomseed(1)
+local paths = {%s}
+counts = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function request() return wrk.format("GET", paths[math.random(#paths)]) end
+function response(status) counts[status] = (counts[status] or 0) + 1 end
+function done(summary, latency)
+  local st = {}
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("counts")) do st[#st + 1] = code .. ":" .. n end
+  end
+  io.write(string.format("RESULT %%d %%d %%d %%d %%s\\n", summary.requests, summary.duration,
+                         latency:percentile(50), latency:percentile(99), table.concat(st, ",")))
+end
+"""
+
+
+def run_wrk(url: str, paths: list[str], clients: int, seconds: int, script: Path, core: int | None) -> Load:
+    """``wrk`` with ``clients`` connections for ``seconds`` (one thread, on ``core``)."""
+    script.write_text(WRK_LUA % ", ".join(f'"{p}"' for p in paths))
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True, preexec_fn=pin).stdout
+    for ln in out.splitlines():
+        if "Socket errors" in ln:  # not answered at all: not in the statuses
+            print(f"wrk, {clients} connections: {ln.strip()}", flush=True)
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    n, micros, p50, p99, st = (line.split() + [""])[1:6]
+    statuses = {int(c): int(k) for c, k in (pair.split(":") for pair in st.split(",") if pair)}
+    return Load(int(n), int(micros) / 1e6, int(p50) / 1e6, int(p99) / 1e6, statuses)
+
+
+def run_httpx(url: str, paths: list[str], clients: int, core: int | None) -> Load:
+    """The httpx client of :func:`fetch_all`, this thread on ``core`` while it runs."""
+    before = os.sched_getaffinity(0)
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    try:
+        return asyncio.run(fetch_all(url, paths, clients))
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def pin_process(pid: int, core: int) -> None:
+    """Every thread of process ``pid`` onto ``core`` (a process's affinity is per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
 
 
 def free_port() -> int:
@@ -130,8 +200,17 @@ def main() -> None:
     ap.add_argument("--model", choices=["default", "tiny"], default="default")
     ap.add_argument("--cols", type=int, default=8)
     ap.add_argument("--rows", type=int, default=16)
-    ap.add_argument("--warm-requests", type=int, default=5000)
+    ap.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto",
+                    help="warm-phase client (auto: wrk when on PATH, else httpx)")
+    ap.add_argument("--warm-seconds", type=int, default=10, help="wrk's duration per client count")
+    ap.add_argument("--warm-requests", type=int, default=5000, help="httpx's requests per client count")
     args = ap.parse_args()
+    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
+    cores = sorted(os.sched_getaffinity(0))
+    server_core, client_core = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+    where = (f"server on core {server_core}, client on core {client_core}" if server_core is not None
+             else "one core: not pinned")
+    print(f"warm client: {client} ({where})", flush=True)
 
     if args.model == "default":
         from geo_pix2pix import load_model
@@ -173,17 +252,20 @@ def main() -> None:
                 order = paths[:]
                 random.Random(clients).shuffle(order)
                 cpu0 = cpu_seconds(proc.pid)
-                lat, secs, st = asyncio.run(fetch_all(url, order, clients))
-                cpu = cpu_seconds(proc.pid) - cpu0
-                rows.append(("cold", clients, len(lat), secs, len(lat) / secs, pct(lat, 0.5), pct(lat, 0.95), st, cpu))
-                print(rows[-1][:-1], flush=True)
-                rng = random.Random(1)
-                warm = [rng.choice(paths) for _ in range(args.warm_requests)]
+                load = asyncio.run(fetch_all(url, order, clients))
+                rows.append(("cold", clients, load, cpu_seconds(proc.pid) - cpu0))
+                print(rows[-1], flush=True)
+                if server_core is not None:
+                    pin_process(proc.pid, server_core)
                 cpu0 = cpu_seconds(proc.pid)
-                lat, secs, st = asyncio.run(fetch_all(url, warm, clients))
-                cpu = cpu_seconds(proc.pid) - cpu0
-                rows.append(("warm", clients, len(lat), secs, len(lat) / secs, pct(lat, 0.5), pct(lat, 0.95), st, cpu))
-                print(rows[-1][:-1], flush=True)
+                if client == "wrk":
+                    load = run_wrk(url, paths, clients, args.warm_seconds, tmp / "warm.lua", client_core)
+                else:
+                    rng = random.Random(1)
+                    load = run_httpx(url, [rng.choice(paths) for _ in range(args.warm_requests)], clients,
+                                     client_core)
+                rows.append(("warm", clients, load, cpu_seconds(proc.pid) - cpu0))
+                print(rows[-1], flush=True)
             finally:
                 proc.terminate()
                 proc.wait(120)
@@ -194,15 +276,19 @@ def main() -> None:
     print()
     print(f"batch `tiles` CPU: {batch_cpu * 1000 / result.total:,.1f} ms per tile")
     print()
-    print("| cache | clients | requests | tiles/s | vs batch | p50 latency | p95 latency | server CPU per tile "
+    print(f"cold client: httpx (this process); warm client: {client} ({where})")
+    print()
+    print("| cache | clients | requests | tiles/s | vs batch | p50 latency | p99 latency | server CPU per tile "
           "| statuses |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for kind, clients, n, _secs, rate, p50, p95, st, cpu in rows:
+    for kind, clients, load, cpu in rows:
+        rate = load.requests / load.seconds
         vs = f"{rate / batch_rate:.0%}" if kind == "cold" else "—"
+        n = max(load.requests, 1)
         per = f"{cpu * 1000 / n:,.1f} ms" if kind == "cold" else f"{cpu * 1e6 / n:,.0f} µs"
-        print(f"| {kind} | {clients} | {n} | {rate:,.1f} | {vs} | {p50 * 1000:,.1f} ms | {p95 * 1000:,.1f} ms | "
-              f"{per} | {', '.join(f'{k}: {v}' for k, v in sorted(st.items()))} |")
-
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(load.statuses.items()))
+        print(f"| {kind} | {clients} | {load.requests} | {rate:,.1f} | {vs} | {load.p50 * 1000:,.1f} ms | "
+              f"{load.p99 * 1000:,.1f} ms | {per} | {statuses} |")
 
 if __name__ == "__main__":
     main()

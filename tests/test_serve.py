@@ -187,15 +187,28 @@ def test_http_surface(tmp_path, source, servers):
         assert r.headers["access-control-allow-origin"] == "*"
         nm = get(c, t, headers={"If-None-Match": etag})
         assert nm.status_code == 304 and nm.content == b"" and nm.headers["etag"] == etag
+        assert nm.headers["cache-control"] == r.headers["cache-control"]
+        assert nm.headers["access-control-allow-origin"] == "*" and "content-type" not in nm.headers
+        for tags in (f'"other", W/{etag}', "*"):  # a list, a weak tag, any
+            assert get(c, t, headers={"If-None-Match": tags}).status_code == 304, tags
         assert get(c, t, headers={"If-None-Match": '"other"'}).status_code == 200
+        warm = get(c, t)  # its unit checked: from the cache, as the first answer
+        assert warm.content == r.content and warm.headers["etag"] == etag
+        assert warm.headers["content-length"] == str(len(r.content))
+        assert warm.headers["access-control-expose-headers"] == "ETag"
+        assert warm.headers["cache-control"] == "public, max-age=3600"
         head = c.head(f"/{t.z}/{t.x}/{t.y}.png")
-        assert head.status_code == 200 and head.headers["etag"] == etag
+        assert head.status_code == 200 and head.headers["etag"] == etag and head.content == b""
+        assert head.headers["content-length"] == str(len(r.content))
+        assert c.post(f"/{t.z}/{t.x}/{t.y}.png").status_code == 405
         pre = c.options(f"/{t.z}/{t.x}/{t.y}.png", headers={"Origin": "http://example.org",
                                                              "Access-Control-Request-Method": "GET"})
         assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "*"
 
         m = c.get(f"/map/{t.z}/{t.x}/{t.y}.png")
         assert m.status_code == 200 and m.content == (source / f"16/{t.x}/{t.y}.png").read_bytes()
+        assert m.headers["content-type"] == "image/png" and m.headers["access-control-allow-origin"] == "*"
+        assert c.get(f"/map/{t.z}/{t.x}/{t.y}.png", headers={"If-None-Match": m.headers["etag"]}).status_code == 304
         assert c.get(f"/map/17/{2 * t.x}/{2 * t.y}.png").status_code == 404  # the source has zoom 16 only
 
         doc = c.get("/tilejson.json", headers={"Host": "tiles.example.org:8080"}).json()

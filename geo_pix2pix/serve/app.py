@@ -1,4 +1,4 @@
-"""The tile server's HTTP side: a Starlette app over a :class:`~.cache.LiveCache`.
+"""The tile server's HTTP side: Starlette routes over a :class:`~.cache.LiveCache`.
 
 Endpoints (GET and HEAD; OPTIONS answers CORS preflights):
 
@@ -27,10 +27,10 @@ from contextlib import asynccontextmanager
 
 import mercantile
 from anyio import to_thread
-from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from ..errors import TileSourceError
 from ..tiles.imaging import encode
@@ -49,6 +49,9 @@ CACHE_CONTROL = "public, max-age=3600"
 #: Answers that say "no tile here": short, so that a source that grows is seen soon.
 MISSING_CACHE_CONTROL = "public, max-age=300"
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag"}
+#: The headers every tile and 304 carries besides its ETag, encoded once.
+TILE_HEADERS = [(b"cache-control", CACHE_CONTROL.encode()),
+                *((name.lower().encode(), value.encode()) for name, value in CORS.items())]
 #: Cached units remembered as checked against the source; beyond it the set starts again
 #: (a unit checked twice costs a read of its source tiles, no model run).
 MAX_CHECKED = 200_000
@@ -56,8 +59,12 @@ MAX_CHECKED = 200_000
 EXTENSIONS = {"png": ("png",), "jpeg": ("jpg", "jpeg"), "webp": ("webp",)}
 
 
-def create_app(cache: LiveCache, *, workers: int = 1, queue_size: int = 32) -> Starlette:
-    """The ASGI app serving ``cache``; it closes the cache when the server stops."""
+def create_app(cache: LiveCache, *, workers: int = 1, queue_size: int = 32):
+    """The ASGI app serving ``cache``; it closes the cache when the server stops.
+
+    A bare Starlette :class:`~starlette.routing.Router`: the ``Starlette`` app would add two
+    middlewares to every tile for what uvicorn already does (a 500 for an exception) and
+    exception handlers that no route here raises for."""
     server = _Server(cache, workers, queue_size)
 
     @asynccontextmanager
@@ -77,9 +84,9 @@ def create_app(cache: LiveCache, *, workers: int = 1, queue_size: int = 32) -> S
         Route("/viewer/{name:path}", server.static, methods=["GET", "HEAD"]),
         Route("/map/{z:int}/{x:int}/{y:int}.{ext:str}", server.source_map, methods=["GET", "HEAD"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.server = server
-    return _cors_preflight(app)
+    app = _cors_preflight(Router(routes=routes, lifespan=lifespan))
+    app.state = State({"server": server})
+    return app
 
 
 class _Server:
@@ -90,6 +97,7 @@ class _Server:
         self.chips = self.renders = 0
         self.reader: CacheReader | None = None
         self.exts = EXTENSIONS[cache.opts.fmt]
+        self.mime = cache.mime.encode()
         src = cache.source
         have = src.zooms()
         self.map_zooms = (min(have), max(have)) if have else (cache.zooms.min, cache.zooms.max)
@@ -158,7 +166,9 @@ class _Server:
         data = outcome.data if outcome.data is not None else self.reader.data(t)
         if data is None:
             return _text(503, "the tile was removed from the cache meanwhile: retry", "no-store", {"Retry-After": "1"})
-        return self._tile(request, outcome.key, data)
+        if _matches(request, outcome.key):
+            return _not_modified(outcome.key)
+        return _tile(outcome.key, data, self.mime)
 
     async def _make(self, t: mercantile.Tile, unit, gone) -> Outcome:
         if unit[0] == "block":
@@ -184,13 +194,7 @@ class _Server:
         if _matches(request, key):
             return _not_modified(key)
         data = self.reader.data(t)
-        return None if data is None else self._tile(request, key, data, check=False)
-
-    def _tile(self, request: Request, key: str, data: bytes, check: bool = True) -> Response:
-        if check and _matches(request, key):
-            return _not_modified(key)
-        headers = {"ETag": f'"{key}"', "Cache-Control": CACHE_CONTROL, **CORS}
-        return Response(data, 200, headers, media_type=self.cache.mime)
+        return None if data is None else _tile(key, data, self.mime)
 
     # -- the source's map tiles ------------------------------------------------------------------
     async def source_map(self, request: Request) -> Response:
@@ -210,7 +214,7 @@ class _Server:
         digest, data, mime = found
         if _matches(request, digest):
             return _not_modified(digest)
-        return Response(data, 200, {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL, **CORS}, media_type=mime)
+        return _tile(digest, data, mime.encode())
 
     def _read_map(self, t: mercantile.Tile):
         src = self.cache.map_source(t.z)
@@ -256,15 +260,30 @@ class _Server:
 
 
 def _matches(request: Request, key: str) -> bool:
-    header = request.headers.get("if-none-match")
+    # The raw headers, as request.headers.get would find them (the first one), without
+    # building its mapping: this runs for every tile.
+    header = next((value for name, value in request.scope["headers"] if name == b"if-none-match"), None)
     if not header:
         return False
-    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
-    return f'"{key}"' in tags or "*" in tags
+    tags = [tag.strip().removeprefix(b"W/") for tag in header.split(b",")]
+    return b'"%s"' % key.encode() in tags or b"*" in tags
+
+
+class _TileResponse(Response):
+    """A tile (200) or its 304, its headers given encoded: Response's own header building
+    (a dict encoded item by item) is a visible share of a cached tile's cost."""
+
+    def __init__(self, status: int, key: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code, self.body, self.background = status, body, None
+        self.raw_headers = [(b"etag", b'"%s"' % key.encode()), *TILE_HEADERS, *headers]
+
+
+def _tile(key: str, data: bytes, mime: bytes) -> Response:
+    return _TileResponse(200, key, data, [(b"content-type", mime), (b"content-length", b"%d" % len(data))])
 
 
 def _not_modified(key: str) -> Response:
-    return Response(None, 304, {"ETag": f'"{key}"', "Cache-Control": CACHE_CONTROL, **CORS})
+    return _TileResponse(304, key, b"", [])
 
 
 def _text(status: int, text: str, cache_control: str = "no-cache", headers: dict | None = None) -> Response:
@@ -303,6 +322,5 @@ def _cors_preflight(app):
             return
         await app(scope, receive, send)
 
-    asgi.state = app.state
     asgi.app = app
     return asgi

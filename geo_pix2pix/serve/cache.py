@@ -64,6 +64,8 @@ __all__ = ["CacheReader", "LiveCache", "MAX_LIVE_OVERVIEW_LEVELS", "Outcome"]
 #: Overview zooms below the model's made on request: a tile that many levels up needs
 #: 4**3 render-zoom tiles (one 8×8 metatile); lower ones are served from the cache only.
 MAX_LIVE_OVERVIEW_LEVELS = 3
+#: Tiles whose place in the area is remembered; beyond it the memory starts again.
+MAX_REMEMBERED = 200_000
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class LiveCache:
                     raise OptionError(f"source {self.source.spec!r} does not tell its extent: pass --bbox W,S,E,N")
                 area = Area.of_source(bounds, self.source.spec)
             self.area = area
+            self._inside: dict[mercantile.Tile, bool] = {}
             self.model, _ = _resolve_model(model, opts.device)
             zn = _render_zoom(opts.render_zoom, self.model, area, self.zooms)
             have = self.source.zooms()
@@ -188,7 +191,13 @@ class LiveCache:
 
     # -- units -------------------------------------------------------------------------------
     def in_area(self, t: mercantile.Tile) -> bool:
-        return (t.x, t.y) in self.area.members(t.z, t.x, t.y, t.x + 1, t.y + 1)
+        # Every request asks, and a polygon area answers with NumPy work: remember the answers.
+        inside = self._inside.get(t)
+        if inside is None:
+            if len(self._inside) >= MAX_REMEMBERED:
+                self._inside.clear()
+            inside = self._inside[t] = (t.x, t.y) in self.area.members(t.z, t.x, t.y, t.x + 1, t.y + 1)
+        return inside
 
     def live(self, z: int) -> bool:
         """Whether tiles of zoom ``z`` are made on request (else only served from the cache)."""
@@ -298,11 +307,17 @@ class CacheReader:
 
     def data(self, t: mercantile.Tile) -> bytes | None:
         if self.tiles is None:
-            try:  # a plain string path: this is the warm path, pathlib's joins cost more than the read
-                with open(f"{self.root}/{t.z}/{t.x}/{t.y}.{self.ext}", "rb") as f:
-                    return f.read()
+            # The warm path: a plain string path and four system calls (open() adds a buffer,
+            # an isatty, a seek and more reads). Tiles are replaced whole, by a rename, so the
+            # file this descriptor opened keeps the size fstat gives.
+            try:
+                fd = os.open(f"{self.root}/{t.z}/{t.x}/{t.y}.{self.ext}", os.O_RDONLY)
             except FileNotFoundError:
                 return None
+            try:
+                return os.read(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
         row = self.tiles.execute("SELECT tile_data FROM tiles WHERE zoom_level=? AND tile_column=? AND tile_row=?",
                                  (t.z, t.x, 2**t.z - 1 - t.y)).fetchone()
         return bytes(row[0]) if row else None
