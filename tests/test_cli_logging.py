@@ -124,3 +124,27 @@ def test_help_is_quick_to_start():
             "assert not {'torch', 'rasterio'} & set(sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, capture_output=True).returncode == 0
     assert time.monotonic() - start < 30
+
+
+def test_distributed_ctrl_c_race_is_not_logged_but_other_callback_errors_are():
+    """distributed's sync() cancel callback can raise NameError when Ctrl-C lands early:
+    tornado logs it with a traceback; the CLI drops that one record and no other."""
+    from distributed import utils as dask_utils
+
+    from geo_pix2pix.cli.main import _ours_or_warning
+
+    def record(exc: BaseException, name: str = "tornado.application") -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, "Exception in callback", None,
+                                 (type(exc), exc, exc.__traceback__))
+
+    code = compile("def cancel():\n    return future\nfuture = 1\ndel future\ncancel()", dask_utils.__file__, "exec")
+    try:
+        exec(code, {})
+    except NameError as exc:
+        race = exc
+    assert not _ours_or_warning(record(race))
+    assert _ours_or_warning(record(race, name="other"))  # another logger: shown
+    try:
+        print(undefined_name)  # noqa: F821
+    except NameError as exc:
+        assert _ours_or_warning(record(exc))  # raised elsewhere: shown

@@ -58,8 +58,24 @@ class _LineHandler(logging.Handler):
 
 
 def _ours_or_warning(record: logging.LogRecord) -> bool:
-    """Other libraries' INFO and DEBUG lines (Dask logs dozens per local cluster) only with -vv."""
+    """Other libraries' INFO and DEBUG lines (Dask logs dozens per local cluster) only with -vv,
+    and never distributed's Ctrl-C race (:func:`_dask_interrupt_race`)."""
+    if _dask_interrupt_race(record):
+        return False
     return record.levelno >= logging.WARNING or record.name.split(".")[0] == "geo_pix2pix"
+
+
+def _dask_interrupt_race(record: logging.LogRecord) -> bool:
+    """distributed's ``sync`` schedules a ``cancel`` callback that reads a variable not yet
+    assigned when Ctrl-C lands at the wrong moment; tornado logs its NameError as an ERROR
+    with a traceback, though the interrupt itself is handled (a clean exit follows)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if not isinstance(exc, NameError) or not record.name.startswith("tornado"):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("distributed/utils.py")
 
 
 class Group(click.Group):
