@@ -58,6 +58,48 @@ def test_half_export_is_smaller_and_close(tmp_path, small_pair):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
+def test_int8_storage_round_trip(tmp_path, small_pair):
+    """int8 storage: a quarter of float32's size, every weight within half a step of its
+    channel's scale, float32 networks after loading; a calibrated copy stays int8; version 2
+    only for such files, so that an older geo-pix2pix refuses them instead of misreading."""
+    torch.manual_seed(1)
+    g, d = Generator(base_width=16, norm="instance"), Discriminator(base_width=16, norm="instance")
+    full = save_checkpoint(tmp_path / "full.pt", g, discriminator=d)
+    small = export_checkpoint(full, tmp_path / "q.pt", storage="int8")
+    half = export_checkpoint(full, tmp_path / "h.pt")
+    assert small.stat().st_size < 0.6 * half.stat().st_size < 0.35 * full.stat().st_size
+    raw = torch.load(small, weights_only=True)
+    assert raw["format_version"] == 2 and torch.load(half, weights_only=True)["format_version"] == 1
+    assert raw["generator"]["state_dict"]["downs.1.conv.weight"].dtype == torch.int8
+    ckpt = load_checkpoint(small)
+    assert ckpt.storage == "int8" and load_checkpoint(half).storage == "float16"
+    for net, back in ((g, ckpt.build_generator()), (d, ckpt.build_discriminator())):
+        for (k, a), b in zip(net.state_dict().items(), back.state_dict().values(), strict=True):
+            assert b.dtype == torch.float32, k
+            step = a.flatten(1).abs().amax(1) / 127 if a.dim() >= 2 else a.abs() * 2**-10
+            err = (a - b).abs().flatten(1).amax(1) if a.dim() >= 2 else (a - b).abs()
+            assert torch.all(err <= step / 2 + 1e-7), k
+    again = export_checkpoint(small, tmp_path / "again.pt", int8={"ranges": {}})
+    assert load_checkpoint(again).storage == "int8"
+    assert torch.equal(torch.load(again, weights_only=True)["generator"]["state_dict"]["downs.1.conv.weight"],
+                       raw["generator"]["state_dict"]["downs.1.conv.weight"])  # not re-quantised
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r["generator"]["scales"].pop("downs.1.conv.weight"), r"'downs.1.conv.weight' has no scale"),
+    (lambda r: r["generator"]["scales"].update({"downs.1.conv.weight": torch.ones(3)}), r"does not match its scales"),
+    (lambda r: r["generator"]["scales"].update({"head.0.bias": torch.ones(3)}), r"'head.0.bias' does not match"),
+])
+def test_damaged_int8_storage_is_a_clear_error(tmp_path, small_pair, edit, match):
+    path = save_checkpoint(tmp_path / "m.pt", small_pair[0], storage="int8")
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and str(info.value).endswith("export_checkpoint")
+
+
 def test_shipped_default_model_loads():
     model = geo_pix2pix.load_model()
     assert model.ground_resolution and 0.5 < model.ground_resolution < 5

@@ -8,9 +8,10 @@ needed to rebuild the networks and to use them correctly, as nanoGPT stores its
 .. code-block:: text
 
     format            "geo-pix2pix-checkpoint"
-    format_version    1
+    format_version    1, or 2 when weights are stored as int8 (older readers refuse it)
     library_version   geo_pix2pix.__version__ that wrote it
-    generator         {"config": GeneratorConfig fields, "state_dict": {...}}
+    generator         {"config": GeneratorConfig fields, "state_dict": {...},
+                       "scales": {...} only for int8 storage}
     discriminator     optional, same layout (needed to continue GAN training)
     ground_resolution metres per pixel the model was trained at (None: unknown)
     inference         {"norm_mode": ..., "dropout": false}: how the model is run
@@ -19,8 +20,11 @@ needed to rebuild the networks and to use them correctly, as nanoGPT stores its
     int8              optional: activation ranges observed on map tiles, for the
                       reduced-precision path (see ``quantize``)
 
-Weights may be stored in float16 to keep the shipped default model small; they are
-cast back to float32 on load.
+Weights may be stored in float16, or as int8 with one float32 scale per slice of the
+first dimension (``storage="int8"``), to keep the shipped default model small; either is
+turned back into float32 on load, so everything past loading sees the same networks.
+int8 storage moves a generator's output less than bfloat16 inference does (measured in
+docs/model-card.md), at half the size of float16.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ from ..io.atomic import replacing
 from .memory import meta_module
 from .networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
-__all__ = ["Checkpoint", "export_checkpoint", "file_hash", "load_checkpoint", "save_checkpoint", "FORMAT",
+__all__ = ["Checkpoint", "export_checkpoint", "file_hash", "load_checkpoint", "save_checkpoint", "FORMAT", "STORAGES",
            "FORMAT_VERSION"]
 
 FORMAT = "geo-pix2pix-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: How a checkpoint's floating-point weights may be stored (see the module docstring).
+STORAGES = ("float32", "float16", "int8")
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Checkpoint:
     int8: dict[str, Any] | None = None
     library_version: str = ""
     path: str | None = None
+    #: How the file stored the weights: one of :data:`STORAGES`.
+    storage: str = "float32"
 
     def build_generator(self) -> Generator:
         return _build(Generator, self.generator_config, self.generator_state, self.path, "generator")
@@ -139,8 +147,54 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+def _pack_state(state: dict[str, torch.Tensor], storage: str) -> dict[str, Any]:
+    """``state`` as the file stores it: ``{"state_dict": ...}``, plus ``"scales"`` for int8.
+
+    int8 keeps matrices and kernels (two or more dimensions) as round(w / s) with one
+    scale s = max|w| / 127 per slice of the first dimension (an output channel of a
+    convolution, an input channel of a transposed one), the granularity of weight-only
+    8-bit formats; vectors (biases, norm affines) stay float16: they are tiny.
+    """
+    if storage == "float32":
+        return {"state_dict": state}
+    if storage == "float16":
+        return {"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}}
+    packed, scales = {}, {}
+    for k, v in state.items():
+        if v.is_floating_point() and v.dim() >= 2 and v.numel():
+            w = v.float()
+            s = w.flatten(1).abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+            packed[k] = torch.round(w / s.view(-1, *[1] * (w.dim() - 1))).clamp(-127, 127).to(torch.int8)
+            scales[k] = s
+        else:
+            packed[k] = v.half() if v.is_floating_point() else v
+    return {"state_dict": packed, "scales": scales}
+
+
+def _unpack_state(entry: dict, path: Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The float32 state dict of a stored ``entry`` and how it was stored."""
+    state, scales = entry["state_dict"], entry.get("scales")
+    if not isinstance(state, dict) or not isinstance(scales, (dict, type(None))):
+        raise TypeError(f"the {what} state_dict or scales are not mappings")
+    if scales is None:
+        floats = [v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        storage = "float16" if floats and all(d == torch.float16 for d in floats) else "float32"
+        return state, storage
+    out = dict(state)
+    for k, s in scales.items():
+        q = state.get(k)
+        if not (isinstance(q, torch.Tensor) and q.dtype == torch.int8 and isinstance(s, torch.Tensor)
+                and s.dim() == 1 and q.dim() >= 2 and s.shape[0] == q.shape[0]):
+            raise CheckpointError(
+                f"{str(path)!r}: the {what}'s int8 weight {k!r} does not match its scales; the file was "
+                "edited or is damaged: re-export it with geo_pix2pix.model.checkpoints.export_checkpoint")
+        out[k] = q.float() * s.float().view(-1, *[1] * (q.dim() - 1))
+    left = [k for k, v in out.items() if isinstance(v, torch.Tensor) and v.dtype == torch.int8]
+    if left:  # an int8 tensor without a scale would be read as whole numbers: refuse it
+        raise CheckpointError(
+            f"{str(path)!r}: the {what}'s int8 weight {left[0]!r} has no scale; the file was edited or is "
+            "damaged: re-export it with geo_pix2pix.model.checkpoints.export_checkpoint")
+    return out, "int8"
 
 
 def save_checkpoint(
@@ -152,18 +206,26 @@ def save_checkpoint(
     discriminator: Discriminator | None = None,
     training: dict[str, Any] | None = None,
     int8: dict[str, Any] | None = None,
-    half: bool = False,
+    storage: str = "float32",
 ) -> Path:
-    """Write a checkpoint atomically (temporary file in the same folder, then rename)."""
+    """Write a checkpoint atomically (temporary file in the same folder, then rename).
+
+    ``storage`` is how the weights are kept in the file, one of :data:`STORAGES`;
+    ``int8`` is the activation calibration of the int8 inference path, not a storage.
+    """
     from .._version import __version__
+
+    if storage not in STORAGES:
+        raise ValueError(f"storage={storage!r}: use one of {', '.join(STORAGES)}")
 
     def pack(net):
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        return {"config": net.config.to_dict(), "state_dict": _half(state) if half else state}
+        return {"config": net.config.to_dict(), **_pack_state(state, storage)}
 
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        # version 1 readers would load int8 weights as whole numbers: only such files say 2
+        "format_version": 2 if storage == "int8" else 1,
         "library_version": __version__,
         "generator": pack(generator),
         "ground_resolution": None if ground_resolution is None else float(ground_resolution),
@@ -223,13 +285,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         gen = payload["generator"]
         gconf = GeneratorConfig(**gen["config"])
+        gstate, storage = _unpack_state(gen, path, "generator")
         dconf = dstate = None
         if "discriminator" in payload:
             dconf = DiscriminatorConfig(**payload["discriminator"]["config"])
-            dstate = payload["discriminator"]["state_dict"]
+            dstate, _ = _unpack_state(payload["discriminator"], path, "discriminator")
         ckpt = Checkpoint(
             generator_config=gconf,
-            generator_state=gen["state_dict"],
+            generator_state=gstate,
             ground_resolution=ground_resolution,
             provenance=dict(payload.get("provenance") or {}),
             discriminator_config=dconf,
@@ -238,7 +301,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             int8=payload.get("int8"),
             library_version=str(payload.get("library_version", "")),
             path=str(path),
+            storage=storage,
         )
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{str(path)!r} is a geo-pix2pix checkpoint with a malformed network "
@@ -251,18 +317,19 @@ def export_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    half: bool = True,
+    storage: str | None = None,
     keep_discriminator: bool = True,
     ground_resolution: float | None = None,
     provenance: dict[str, Any] | None = None,
     int8: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a slim copy of ``src`` for shipping: no optimiser state, float16 weights.
+    """Write a slim copy of ``src`` for shipping: no optimiser state, compact weights.
 
-    The discriminator is kept by default (it is small) so that training can be
-    continued from the shipped file; ``ground_resolution`` and ``provenance`` entries
-    override those of ``src``; so does ``int8`` (calibration from :mod:`accel.int8`), which
-    is otherwise carried over.
+    ``storage`` defaults to that of ``src`` when it is compact (a calibrated copy of
+    an int8-stored file stays int8) and to float16 otherwise. The discriminator is kept
+    by default (it is small) so that training can be continued from the shipped file;
+    ``ground_resolution`` and ``provenance`` entries override those of ``src``; so does
+    ``int8`` (calibration from :mod:`accel.int8`), which is otherwise carried over.
     """
     ckpt = load_checkpoint(src)
     prov = dict(ckpt.provenance)
@@ -274,5 +341,5 @@ def export_checkpoint(
         ground_resolution=ground_resolution if ground_resolution is not None else ckpt.ground_resolution,
         provenance=prov,
         int8=int8 if int8 is not None else ckpt.int8,
-        half=half,
+        storage=storage or (ckpt.storage if ckpt.storage != "float32" else "float16"),
     )
