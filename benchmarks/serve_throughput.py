@@ -245,7 +245,10 @@ def main() -> None:
             port = free_port()
             proc = subprocess.Popen([sys.executable, "-m", "geo_pix2pix", "-q", "serve", str(src), "--cache",
                                      str(tmp / f"cache{clients}"), "--port", str(port), "--zoom", str(zoom),
-                                     "--render-zoom", str(zoom), "--queue", str(len(area)), *weights])
+                                     "--render-zoom", str(zoom), "--queue", str(len(area)), *weights,
+                                     # batch's thread count: serve's default follows the load average,
+                                     # which the paused background work or the last round can leave high
+                                     "--threads", str(torch.get_num_threads())])
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_up(url, proc)

@@ -46,13 +46,15 @@ def test_render_logs_model_precision_device_and_speed(make_raster, tmp_path, wei
     assert [s for s in lines if s.startswith("rendered 4 tile(s) in ") and s.endswith(" tiles/s)")]
 
 
-@pytest.mark.parametrize("load,given,expected", [(0.1, None, 2), (1.2, None, 1), (5.0, None, 1), (5.0, 2, 2)])
+@pytest.mark.parametrize("busy,given,expected", [(0.1, None, 2), (1.2, None, 1), (5.0, None, 1), (5.0, 2, 2)])
 def test_render_leaves_busy_cores_to_their_processes(make_raster, tmp_path, weights, caplog, monkeypatch,
-                                                     load, given, expected):
+                                                     busy, given, expected):
     """Without --threads, the model gets the cores other processes do not keep busy; the
     thread count is restored after the command."""
+    from geo_pix2pix.model import devices
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(devices, "busy_cores", lambda: busy)
     caplog.set_level(logging.INFO, logger="geo_pix2pix")
     before = torch.get_num_threads()
     args = ["--threads", str(given)] if given else []
@@ -148,3 +150,33 @@ def test_distributed_ctrl_c_race_is_not_logged_but_other_callback_errors_are():
         print(undefined_name)  # noqa: F821
     except NameError as exc:
         assert _ours_or_warning(record(exc))  # raised elsewhere: shown
+
+
+def test_busy_cores_counts_other_work_at_normal_priority_not_niced_work():
+    """/proc/stat's busy columns (user, system, irq, softirq, steal) of our CPUs count;
+    nice, idle and iowait do not; a CPU outside the affinity set does not."""
+    from geo_pix2pix.model.devices import cpu_times
+
+    #        user nice system idle iowait irq softirq steal
+    before = ("cpu  900 900 900 900 900 0 0 0 0 0\n"
+              "cpu0 100 100 100 100 100 0 0 0 0 0\ncpu1 100 100 100 100 100 0 0 0 0 0\n"
+              "cpu2 100 100 100 100 100 0 0 0 0 0\nintr 5 6\n")
+    after = ("cpu  999 999 999 999 999 0 0 0 0 0\n"
+             "cpu0 170 110 120 110 100 5 5 0 0 0\n"   # 100 ticks busy of 120
+             "cpu1 100 200 100 110 110 0 0 0 0 0\n"   # niced and idle: 0 busy of 120
+             "cpu2 500 100 100 100 100 0 0 0 0 0\n")  # busy, but not ours
+    (b0, t0), (b1, t1) = cpu_times(before, {0, 1}), cpu_times(after, {0, 1})
+    assert (b1 - b0, t1 - t0) == (100, 240)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_a_spinning_process_is_seen_as_a_busy_core():
+    from geo_pix2pix.model.devices import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 0.5  # one whole core where the machine is otherwise idle
+    finally:
+        spinner.kill()
+        spinner.wait()

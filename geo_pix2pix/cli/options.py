@@ -80,7 +80,8 @@ overlap_opt = click.option("--overlap", type=Number(int, 0, hint="the default is
                            help="Overlap between neighbouring tiles, pixels [default: 64].")
 threads_opt = click.option("--threads", type=count(hint="the default leaves busy cores to their processes"),
                            default=None, help="CPU threads for the model [default: the cores other processes do "
-                                              "not keep busy, by the load average; at least 1].")
+                                              "not keep busy when the command starts (niced ones do not "
+                                              "count); at least 1].")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 precision_opt = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default="fp32",
                              show_default=True,

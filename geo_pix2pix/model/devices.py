@@ -10,8 +10,8 @@ import torch
 from ..errors import DeviceError
 from .choices import DEVICE_CHOICES
 
-__all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "cpu_bf16_kind", "cpu_description", "cpu_flags",
-           "cpu_has_native_bf16", "free_cpu_threads", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "autocast", "autocast_dtype", "busy_cores", "cpu_bf16_kind", "cpu_description",
+           "cpu_flags", "cpu_has_native_bf16", "cpu_times", "free_cpu_threads", "resolve_device"]
 
 
 def _mps_available() -> bool:
@@ -97,18 +97,64 @@ def cpu_bf16_kind() -> str | None:
     return "amx" if amx else "avx512_bf16" if avx512 else None
 
 
-def free_cpu_threads(cpus: int | None = None, load: float | None = None) -> int:
+def free_cpu_threads(cpus: int | None = None, busy: float | None = None) -> int:
     """CPU threads for the model: the cores this process may use, less those other processes
-    keep busy (the 1-minute load average), at least one. oneDNN's parallel regions wait for
+    keep busy now (:func:`busy_cores`), at least one. oneDNN's parallel regions wait for
     their slowest thread, so a thread that shares its core with another job slows all of
     them (``docs/performance.md``, "A busy machine")."""
     import os
 
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cpus, cpus - round(load)))
+    if busy is None:
+        busy = busy_cores()
+    return max(1, min(cpus, cpus - round(busy)))
+
+
+#: /proc/stat's per-CPU columns that count as busy: user, system, irq, softirq, steal.
+#: Not nice (niced work yields its core to the model), idle or iowait.
+_BUSY_COLUMNS = (0, 2, 5, 6, 7)
+
+
+def cpu_times(stat: str, cpus: set[int] | None = None) -> tuple[int, int]:
+    """(busy, total) clock ticks of ``cpus`` (all where None) in a /proc/stat text."""
+    busy = total = 0
+    for line in stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit()) or (cpus is not None and int(name[3:]) not in cpus):
+            continue
+        ticks = [int(v) for v in rest.split()[:8]]
+        busy += sum(ticks[i] for i in _BUSY_COLUMNS if i < len(ticks))
+        total += sum(ticks)
+    return busy, total
+
+
+def busy_cores(interval: float = 0.2) -> float:
+    """How many of this process's cores other processes keep busy now, at normal priority.
+
+    Measured from /proc/stat over ``interval`` seconds, less this process's own CPU time:
+    what is running when the command starts, not the 1-minute load average, which still
+    counts a job that ended seconds ago (and its own previous run) and counts niced work
+    that would give way. Where there is no /proc/stat, the load average; else 0.
+    """
+    import os
+    import time
+
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        with open("/proc/stat") as f:
+            b0, t0 = cpu_times(f.read(), cpus)
+        own0 = time.process_time()
+        time.sleep(interval)
+        with open("/proc/stat") as f:
+            b1, t1 = cpu_times(f.read(), cpus)
+        own = time.process_time() - own0
+    except (OSError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    n = len(cpus) if cpus else (os.cpu_count() or 1)
+    if t1 <= t0:
+        return 0.0
+    return max(0.0, (b1 - b0) / (t1 - t0) * n - own / interval)
 
 
 def cpu_has_native_bf16() -> bool:
