@@ -32,6 +32,10 @@ from .signals import check_interrupted
               help="Generator base width (64 = paper).")
 @click.option("--d-width", type=count(hint="the paper's is 64"), default=64, show_default=True,
               help="Discriminator base width.")
+@click.option("--d-scales", type=count(1, 4, hint="1 is the paper's single PatchGAN, pix2pixHD uses 2"), default=1,
+              show_default=True,
+              help="Discriminators at full, half, quarter… resolution (pix2pixHD): the coarser ones judge "
+                   "whole blocks and the street layout.")
 @click.option("--norm", type=click.Choice(["batch", "instance"]), default="instance", show_default=True,
               help="instance = the paper's test-time per-tile statistics, batch-independent.")
 @click.option("--load-size", type=str, default="286", show_default=True,
@@ -39,6 +43,10 @@ from .signals import check_interrupted
 @click.option("--lr", type=Number(float, 0, lo_open=True, hint="the paper uses 0.0002"), default=2e-4,
               show_default=True)
 @click.option("--l1-weight", type=Number(float, 0, hint="the paper uses 100"), default=100.0, show_default=True)
+@click.option("--feature-matching", type=Number(float, 0, hint="pix2pixHD uses 10; 0 turns it off"), default=0.0,
+              show_default=True,
+              help="Weight of pix2pixHD's feature-matching loss: the generated pair's discriminator features "
+                   "pulled towards the real pair's.")
 @click.option("--augment", type=click.Choice(["mirror", "dihedral", "none"]), default="mirror", show_default=True,
               help="mirror: the paper's random left-right mirror; dihedral: also up-down mirrors and 90° turns.")
 @click.option("--ema", type=Number(float, 0, 1, hi_open=True, hint="e.g. 0.999; 0 turns it off"), default=0.0,
@@ -89,13 +97,15 @@ def train(ctx, data, out_dir, layout, direction, aerial, preset, resume, device,
     if decay_steps > steps:
         raise OptionError(f"--decay-steps {decay_steps} must be at most --steps {steps}: the learning rate decays "
                           "over the last --decay-steps of the run")
-    gconf, dconf = GeneratorConfig(base_width=width, norm=norm), DiscriminatorConfig(base_width=d_width, norm=norm)
+    gconf = GeneratorConfig(base_width=width, norm=norm)
+    dconf = DiscriminatorConfig(base_width=d_width, norm=norm, scales=o["d_scales"])
     _check_train_memory(gconf, dconf, batch_size, sizes[1], device)
     source = pair_source(layout, data, direction, aerial)
     if ground_resolution is None:
         ground_resolution = getattr(source, "ground_resolution", None)
     cfg = TrainConfig(steps=steps, decay_steps=decay_steps, batch_size=batch_size, lr=o["lr"],
-                      l1_weight=o["l1_weight"], load_size=sizes, augment=o["augment"], ema=o["ema"],
+                      l1_weight=o["l1_weight"], feature_matching=o["feature_matching"], load_size=sizes,
+                      augment=o["augment"], ema=o["ema"],
                       val_fraction=o["val_fraction"], split_by=o["split_by"], seed=o["seed"],
                       checkpoint_every=o["checkpoint_every"], ground_resolution=ground_resolution, amp=o["amp"])
     trainer = Trainer(source, out_dir, cfg, gconf, dconf, device, provenance={"data": str(data), "layout": layout})

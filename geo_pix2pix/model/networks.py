@@ -30,6 +30,12 @@ Deviations from the paper, each with its reason:
 3. Dropout is not applied at inference (``model.eval()``): the paper keeps it as
    the only source of noise, but it makes output non-deterministic and makes
    overlapping tiles disagree, which shows as seams in a mosaic.
+
+An opt-in training variant (issue 19) adds pix2pixHD's multi-scale discriminator (Wang,
+Liu, Zhu, Tao, Kautz, Catanzaro, *High-Resolution Image Synthesis and Semantic
+Manipulation with Conditional GANs*, CVPR 2018, section 3.2; ``NVIDIA/pix2pixHD``,
+``models/networks.py``): ``DiscriminatorConfig(scales=S)`` judges the pair at S
+resolutions; ``scales=1`` (the default) is the paper's network, weights and all.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -103,13 +110,22 @@ class DiscriminatorConfig:
     in_channels: int = 6  # map (3) and aerial (3), concatenated
     base_width: int = 64
     norm: str = "batch"
+    #: PatchGANs at 1, 1/2, 1/4, … of the resolution (pix2pixHD); 1 is the paper's single one
+    scales: int = 1
 
     def __post_init__(self) -> None:
         if self.norm not in NORM_LAYERS:
             raise ValueError(f"norm={self.norm!r} is not one of {sorted(NORM_LAYERS)}")
+        if not 1 <= self.scales <= 4:
+            raise ValueError(f"scales={self.scales} must be from 1 to 4 (1: the paper's PatchGAN, pix2pixHD uses 2)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.scales == 1:
+            # Left out at its default, so that such checkpoints stay as they were and older
+            # geo-pix2pix versions (whose config has no ``scales``) still read them.
+            del d["scales"]
+        return d
 
 
 class Down(nn.Module):
@@ -191,7 +207,14 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """70×70 PatchGAN on the (map, aerial) pair: (N, 6, 256, 256) → (N, 1, 30, 30) logits."""
+    """70×70 PatchGAN on the (map, aerial) pair: (N, 6, 256, 256) → (N, 1, 30, 30) logits.
+
+    With ``config.scales = S > 1``, S − 1 more PatchGANs of the same shape (``coarser``)
+    judge the pair average-pooled by 2, 4, … (pix2pixHD's multi-scale discriminator). At
+    a coarser scale a 70×70 patch spans 140, 280, … pixels: those judge global structure,
+    here whole blocks and the street layout, which the full-resolution one cannot see.
+    :meth:`forward` stays the full-resolution logits; :meth:`scale_outputs` gives all scales.
+    """
 
     def __init__(self, config: DiscriminatorConfig | None = None, **overrides) -> None:
         super().__init__()
@@ -200,9 +223,16 @@ class Discriminator(nn.Module):
         elif overrides:
             raise TypeError("pass either a DiscriminatorConfig or keyword overrides, not both")
         self.config = config
+        self.net = self._patchgan(config)
+        # Empty at scales=1: no new state-dict keys, and the same weights from the same seed.
+        self.coarser = nn.ModuleList(self._patchgan(config) for _ in range(config.scales - 1))
+        init_weights(self)
+
+    @staticmethod
+    def _patchgan(config: DiscriminatorConfig) -> nn.Sequential:
         norm_layer = NORM_LAYERS[config.norm]
         b = config.base_width
-        self.net = nn.Sequential(
+        return nn.Sequential(
             Down(config.in_channels, b, norm_layer=None),  # (N, 64, 128, 128)
             Down(b, 2 * b, norm_layer),  # (N, 128, 64, 64)
             Down(2 * b, 4 * b, norm_layer),  # (N, 256, 32, 32)
@@ -213,10 +243,29 @@ class Discriminator(nn.Module):
             nn.ZeroPad2d(1),
             nn.Conv2d(8 * b, 1, 4, stride=1),  # (N, 1, 30, 30) logits
         )
-        init_weights(self)
 
-    def forward(self, map_: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
+    def forward(self, map_: torch.Tensor, aerial: torch.Tensor, *, scales: bool = False):
+        """The full-resolution logits; ``scales=True``: :meth:`scale_outputs` (the trainer
+        asks through ``forward`` so that a DistributedDataParallel wrapper syncs gradients)."""
+        if scales:
+            return self.scale_outputs(map_, aerial)
         return self.net(torch.cat([map_, aerial], dim=1))
+
+    def scale_outputs(self, map_: torch.Tensor, aerial: torch.Tensor) -> list[list[torch.Tensor]]:
+        """For each scale, finest first: the activation after each LeakyReLU, then the
+        logits last (what pix2pixHD's feature-matching loss and GAN loss take)."""
+        x = torch.cat([map_, aerial], dim=1)
+        outputs = []
+        for i, net in enumerate([self.net, *self.coarser]):
+            if i:  # pix2pixHD's downsampling between scales
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            h, layers = x, []
+            for layer in net:
+                h = layer(h)
+                if isinstance(layer, (Down, nn.LeakyReLU)):
+                    layers.append(h)
+            outputs.append([*layers, h])  # 4 activations, then the logits
+        return outputs
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -6,6 +6,12 @@ One training step, as in the paper and the reference code:
    ("we divide the objective by 2 while optimizing D").
 2. G step: minimise BCE(D(map, G(map)), 1) + λ · |G(map) − real|₁ with λ = 100.
 
+Opt-in variant (issue 19), pix2pixHD's (Wang et al., CVPR 2018, section 3.2): with a
+multi-scale discriminator (``DiscriminatorConfig.scales`` > 1) or a feature-matching
+weight (``TrainConfig.feature_matching`` > 0), both GAN losses are averaged over the
+scales and G also minimises λ_FM · |D_k(map, G(map)) − D_k(map, real)|₁ averaged over
+D's intermediate layers k and the scales. The defaults run the paper's step unchanged.
+
 Learning rate: constant for ``steps - decay_steps`` steps, then linearly to zero over
 ``decay_steps`` (the reference code's ``n_epochs``/``n_epochs_decay``, in steps).
 
@@ -64,7 +70,7 @@ PRESETS: dict[str, dict] = {
 
 # The CLI options a checkpoint's recipe holds, by their TrainConfig field.
 _RECIPE_FIELDS = ("steps", "decay_steps", "batch_size", "lr", "l1_weight", "augment", "ema",
-                  "val_fraction", "split_by", "seed", "checkpoint_every", "amp")
+                  "val_fraction", "split_by", "seed", "checkpoint_every", "amp", "feature_matching")
 
 
 @dataclass
@@ -75,6 +81,10 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     l1_weight: float = 100.0  # λ in the paper
+    #: weight of pix2pixHD's feature-matching loss on D's intermediate layers (pix2pixHD
+    #: uses 10; 0: none). Non-zero, or a discriminator of several scales, selects the
+    #: pix2pixHD variant of the step (module docstring)
+    feature_matching: float = 0.0
     load_size: tuple[int, int] = (286, 286)  # jitter: resize to a size in this range
     crop_size: int = 256
     #: "mirror": the paper's random left-right mirror; "dihedral": also up-down mirrors and
@@ -116,6 +126,8 @@ class TrainConfig:
         need(finite(self.beta1) and 0 <= self.beta1 < 1, "beta1", self.beta1, "in [0, 1) (the paper uses 0.5)")
         need(finite(self.l1_weight) and self.l1_weight >= 0, "--l1-weight", self.l1_weight,
              "a number ≥ 0 (the paper uses 100)")
+        need(finite(self.feature_matching) and self.feature_matching >= 0, "--feature-matching",
+             self.feature_matching, "a number ≥ 0 (pix2pixHD uses 10; 0 turns it off)")
         need(self.checkpoint_every >= 1, "--checkpoint-every", self.checkpoint_every, "at least 1 step")
         need(self.log_every >= 1, "log_every", self.log_every, "at least 1 step")
         need(self.val_every >= 0 and self.sample_every >= 0, "val_every/sample_every",
@@ -192,6 +204,11 @@ class Trainer:
         return self.G if self.G_ema is None else self.G_ema.module
 
     @property
+    def pix2pixhd(self) -> bool:
+        """True when the step runs pix2pixHD's losses (several D scales or feature matching)."""
+        return self.D.config.scales > 1 or self.config.feature_matching > 0
+
+    @property
     def main(self) -> bool:
         """True in the process that writes (rank 0, or the only process)."""
         return self.dist is None or self.dist.main
@@ -225,11 +242,14 @@ class Trainer:
 
         with autocast(self.device, c.amp, cpu_bf16=True):
             fake = self.g_step(map_)
-            # D: real pairs → 1, generated pairs → 0; the objective is halved as in the paper.
-            pred_fake = self.d_step(map_, fake.detach()).float()
-            pred_real = self.d_step(map_, real).float()
-            loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
-                            + self.bce(pred_real, torch.ones_like(pred_real)))
+            if self.pix2pixhd:
+                loss_d = self._loss_d_scales(map_, fake.detach(), real)
+            else:
+                # D: real pairs → 1, generated pairs → 0; the objective is halved as in the paper.
+                pred_fake = self.d_step(map_, fake.detach()).float()
+                pred_real = self.d_step(map_, real).float()
+                loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
+                                + self.bce(pred_real, torch.ones_like(pred_real)))
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
@@ -240,10 +260,16 @@ class Trainer:
         self.D.requires_grad_(False)
         try:
             with autocast(self.device, c.amp, cpu_bf16=True), _no_sync(self.d_step):
-                pred_fake = self.d_step(map_, fake).float()
-                loss_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
+                loss_fm = None
+                if self.pix2pixhd:
+                    loss_gan, loss_fm = self._loss_g_scales(map_, fake, real)
+                else:
+                    pred_fake = self.d_step(map_, fake).float()
+                    loss_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
                 loss_l1 = (fake.float() - real).abs().mean()
                 loss_g = loss_gan + c.l1_weight * loss_l1
+                if loss_fm is not None:
+                    loss_g = loss_g + loss_fm
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler.scale(loss_g).backward()
         finally:
@@ -253,7 +279,39 @@ class Trainer:
         if self.G_ema is not None:
             self.G_ema.update_parameters(self.G)
         self.state.step += 1
-        return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_g_l1": loss_l1.item()}
+        losses = {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_g_l1": loss_l1.item()}
+        if loss_fm is not None:
+            losses["loss_g_fm"] = loss_fm.item()
+        return losses
+
+    def _loss_d_scales(self, map_: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """pix2pixHD's D loss: the paper's halved objective on each scale's logits, averaged."""
+        fakes = self.d_step(map_, fake, scales=True)  # through forward: DDP syncs D's gradients
+        reals = self.d_step(map_, real, scales=True)
+        losses = []
+        for f, r in zip(fakes, reals, strict=True):
+            pf, pr = f[-1].float(), r[-1].float()
+            losses.append(0.5 * (self.bce(pf, torch.zeros_like(pf)) + self.bce(pr, torch.ones_like(pr))))
+        return torch.stack(losses).mean()
+
+    def _loss_g_scales(self, map_: torch.Tensor, fake: torch.Tensor,
+                       real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pix2pixHD's G losses: the GAN loss averaged over the scales, and λ_FM times the L1
+        distance of D's intermediate activations for generated and real pairs, averaged
+        over the layers and the scales."""
+        fakes = self.d_step(map_, fake, scales=True)
+        logits = [f[-1].float() for f in fakes]
+        loss_gan = torch.stack([self.bce(p, torch.ones_like(p)) for p in logits]).mean()
+        weight = self.config.feature_matching
+        if not weight:
+            return loss_gan, torch.zeros((), device=loss_gan.device)
+        # The real pair's activations from D as it is now (after this step's D update), the
+        # same D the generated pair's go through; pix2pixHD reuses its D pass, taken before.
+        with torch.no_grad():
+            reals = self.d_step(map_, real, scales=True)
+        per_scale = [torch.stack([(a.float() - b.float()).abs().mean() for a, b in zip(f[:-1], r[:-1], strict=True)])
+                     for f, r in zip(fakes, reals, strict=True)]  # (layers,) each
+        return loss_gan, weight * torch.stack([layers.mean() for layers in per_scale]).mean()
 
     @property
     def _fused_adam(self) -> bool | None:
@@ -291,7 +349,9 @@ class Trainer:
             recipe=json.dumps({k: v for k, v in asdict(self.config).items()
                                if k in ("batch_size", "lr", "beta1", "l1_weight", "load_size",
                                         "crop_size", "augment", "ema", "split_by", "steps",
-                                        "decay_steps", "seed")}),
+                                        "decay_steps", "seed")
+                               # the variant's only: the paper's recipes are recorded as they were
+                               or (k == "feature_matching" and v)}),
             train_tiles=len(self.train_idx),
             val_tiles=len(self.val_idx),
             val_fraction=self.config.val_fraction,
@@ -326,10 +386,15 @@ class Trainer:
             self.G_ema.module.load_state_dict(shipped)
             self.G_ema.n_averaged.fill_(int(t.get("ema_updates", 1)) if t is not None else 1)
         d = ckpt.build_discriminator()
-        if d is None or d.config != self.D.config:
+        if d is None:
             raise CheckpointError(
                 f"--resume {str(path)!r} has no discriminator matching {self.D.config}: "
                 "resume from the run's last.pt (model.pt holds the generator alone)"
+            )
+        if d.config != self.D.config:
+            raise CheckpointError(
+                f"--resume {str(path)!r}: its discriminator is {d.config} but this run builds {self.D.config}: "
+                "pass the same --d-width/--d-scales or start a new run"
             )
         self.D.load_state_dict(d.state_dict())
         if t is None:  # a slim checkpoint (e.g. the shipped default model): weights only
@@ -455,6 +520,7 @@ def checkpoint_recipe(ckpt: Checkpoint) -> dict:
     recipe.update(width=ckpt.generator_config.base_width, norm=ckpt.generator_config.norm)
     if ckpt.discriminator_config is not None:
         recipe["d_width"] = ckpt.discriminator_config.base_width
+        recipe["d_scales"] = ckpt.discriminator_config.scales
     if ckpt.ground_resolution is not None:
         recipe["ground_resolution"] = ckpt.ground_resolution
     return recipe
