@@ -220,14 +220,15 @@ def test_cli_scheduler_option(make_raster, tmp_path, client, weights, one_thread
     local, remote = tmp_path / "local.tif", tmp_path / "remote.tif"
     runner = CliRunner()
     address = client.scheduler.address
-    for dst, extra in ((local, []), (remote, ["--scheduler", address])):
+    # the local run at one thread, as each worker runs: oneDNN's sums depend on the thread count
+    for dst, extra in ((local, ["--threads", "1"]), (remote, ["--scheduler", address])):
         r = runner.invoke(main, ["-q", "render", str(src), str(dst), "--weights", str(weights[0]),
                                  "--device", "cpu", *extra])
         assert r.exit_code == 0, r.output
     _same_raster(local, remote)
     tiles = block(16, HELSINKI.x, HELSINKI.y, 2, 2)
     xyz = write_xyz(tmp_path / "src", tiles)
-    for dst, extra in ((tmp_path / "local_tiles", []), (tmp_path / "out", ["--scheduler", "local:1"])):
+    for dst, extra in ((tmp_path / "local_tiles", ["--threads", "1"]), (tmp_path / "out", ["--scheduler", "local:1"])):
         r = runner.invoke(main, ["-q", "tiles", str(xyz), str(dst), "--zoom", "16", "--bbox", bbox_of(tiles),
                                  "--weights", str(weights[1]), *extra])
         assert r.exit_code == 0, r.output
@@ -274,7 +275,7 @@ def test_cli_scheduler_runs_reduced_precision(make_raster, tmp_path, client, wei
     src = make_raster(300, 300, seed=11)
     runner = CliRunner()
     outs = []
-    for name, extra in (("local.tif", []), ("remote.tif", ["--scheduler", client.scheduler.address])):
+    for name, extra in (("local.tif", ["--threads", "1"]), ("remote.tif", ["--scheduler", client.scheduler.address])):
         outs.append(tmp_path / name)
         r = runner.invoke(main, ["-q", "render", str(src), str(outs[-1]), "--weights", str(weights[0]),
                                  "--device", "cpu", "--precision", "bf16", *extra])
@@ -282,7 +283,7 @@ def test_cli_scheduler_runs_reduced_precision(make_raster, tmp_path, client, wei
     _same_raster(*outs)
     tiles = block(16, HELSINKI.x, HELSINKI.y, 1, 2)
     xyz = write_xyz(tmp_path / "src", tiles)
-    for dst, extra in ((tmp_path / "t_local", []), (tmp_path / "t_remote", ["--scheduler", "local:1"])):
+    for dst, extra in ((tmp_path / "t_local", ["--threads", "1"]), (tmp_path / "t_remote", ["--scheduler", "local:1"])):
         r = runner.invoke(main, ["-q", "tiles", str(xyz), str(dst), "--zoom", "16", "--bbox", bbox_of(tiles),
                                  "--weights", str(weights[1]), "--precision", "bf16", *extra])
         assert r.exit_code == 0, r.output
