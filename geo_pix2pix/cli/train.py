@@ -36,6 +36,9 @@ from .signals import check_interrupted
               show_default=True,
               help="Discriminators at full, half, quarter… resolution (pix2pixHD): the coarser ones judge "
                    "whole blocks and the street layout.")
+@click.option("--upsample", type=click.Choice(["deconv", "resize"]), default="deconv", show_default=True,
+              help="Generator decoder layers: deconv = the paper's transposed convolutions; resize = "
+                   "nearest-neighbour upsampling and a 3 × 3 convolution, which cannot paint a checkerboard.")
 @click.option("--norm", type=click.Choice(["batch", "instance"]), default="instance", show_default=True,
               help="instance = the paper's test-time per-tile statistics, batch-independent.")
 @click.option("--load-size", type=str, default="286", show_default=True,
@@ -97,7 +100,7 @@ def train(ctx, data, out_dir, layout, direction, aerial, preset, resume, device,
     if decay_steps > steps:
         raise OptionError(f"--decay-steps {decay_steps} must be at most --steps {steps}: the learning rate decays "
                           "over the last --decay-steps of the run")
-    gconf = GeneratorConfig(base_width=width, norm=norm)
+    gconf = GeneratorConfig(base_width=width, norm=norm, upsample=o["upsample"])
     dconf = DiscriminatorConfig(base_width=d_width, norm=norm, scales=o["d_scales"])
     _check_train_memory(gconf, dconf, batch_size, sizes[1], device)
     source = pair_source(layout, data, direction, aerial)

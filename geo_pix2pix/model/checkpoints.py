@@ -8,7 +8,8 @@ needed to rebuild the networks and to use them correctly, as nanoGPT stores its
 .. code-block:: text
 
     format            "geo-pix2pix-checkpoint"
-    format_version    1, or 2 when weights are stored as int8 (older readers refuse it)
+    format_version    1, or 2 when weights are stored as int8 or the generator has
+                      resize-convolutions (older readers refuse it)
     library_version   geo_pix2pix.__version__ that wrote it
     generator         {"config": GeneratorConfig fields, "state_dict": {...},
                        "scales": {...} only for int8 storage}
@@ -224,8 +225,9 @@ def save_checkpoint(
 
     payload: dict[str, Any] = {
         "format": FORMAT,
-        # version 1 readers would load int8 weights as whole numbers: only such files say 2
-        "format_version": 2 if storage == "int8" else 1,
+        # Version 1 readers would load int8 weights as whole numbers, and cannot build a
+        # resize-convolution generator: only such files say 2.
+        "format_version": 2 if storage == "int8" or generator.config.upsample != "deconv" else 1,
         "library_version": __version__,
         "generator": pack(generator),
         "ground_resolution": None if ground_resolution is None else float(ground_resolution),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import devices
-from .networks import Generator
+from .networks import Generator, as_conv_transpose
 
 #: Tiles per network evaluation (``model.run_batch``). Convolution libraries (oneDNN, cuDNN) pick different
 #: algorithms for different batch sizes, whose float results differ in the last bit
@@ -172,11 +172,11 @@ class InferenceUNet(nn.Module):
         self.dtype = dtype
         self.config = gen.config
         self.downs = nn.ModuleList(_Block(*fold_batch_norm(d.conv, d.norm), 0.2) for d in gen.downs)
-        self.ups = nn.ModuleList(_Block(*fold_batch_norm(u.conv, u.norm), 0.0) for u in gen.ups)
+        self.ups = nn.ModuleList(_Block(*fold_batch_norm(as_conv_transpose(u.conv), u.norm), 0.0) for u in gen.ups)
         if subpixel_decoder:
             for up in self.ups:
                 up.conv = SubPixelDeconv(up.conv)
-        self.head = SubPixelDeconv(gen.head[0])
+        self.head = SubPixelDeconv(as_conv_transpose(gen.head[0]))
         self.tanh = nn.Tanh()
         if channels_last is None:
             channels_last = prefers_channels_last(gen)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .engine import SubPixelDeconv, fold_batch_norm
-from .networks import Generator
+from .networks import Generator, as_conv_transpose
 
 __all__ = ["ChannelsLastUNet", "TileNorm", "interleave_into", "parity_major_conv"]
 
@@ -150,10 +150,10 @@ class ChannelsLastUNet(nn.Module):
             downs.append(_Down(conv, norm, d.act.negative_slope, dtype))
         ups = []
         for u in gen.ups:  # (N, 512, 1, 1) → … → (N, 128, 128, 128) with the skips
-            conv, norm = fold_batch_norm(u.conv, u.norm)
+            conv, norm = fold_batch_norm(as_conv_transpose(u.conv), u.norm)
             ups.append(_Up(conv.float(), norm, dtype))
         self.downs, self.ups = nn.ModuleList(downs), nn.ModuleList(ups)
-        head = gen.head[0]
+        head = as_conv_transpose(gen.head[0])
         self.out_channels = head.out_channels
         self.head = _Conv(parity_major_conv(head).to(dtype), "tanh")
         self.eval().requires_grad_(False)

@@ -31,7 +31,15 @@ Deviations from the paper, each with its reason:
    the only source of noise, but it makes output non-deterministic and makes
    overlapping tiles disagree, which shows as seams in a mosaic.
 
-An opt-in training variant (issue 19) adds pix2pixHD's multi-scale discriminator (Wang,
+Two opt-in recipe variants (issue 19). ``GeneratorConfig(upsample="resize")`` makes every
+decoder layer a resize-convolution (Odena, Dumoulin, Olah, *Deconvolution and Checkerboard
+Artifacts*, Distill 2016): nearest-neighbour upsampling by 2, then a 3 × 3 convolution.
+Each input pixel then feeds the same number of output pixels through every weight, so the
+decoder cannot paint the checkerboard that a free 4 × 4 transposed convolution learns. It
+equals a 4 × 4, stride-2 transposed convolution whose 16 taps are sums of the 9 weights
+(:class:`ResizeConv`), so it is computed as one (the paper's cost), and the inference
+engines run it as the transposed convolution it is (:func:`as_conv_transpose`). And
+``DiscriminatorConfig`` adds pix2pixHD's multi-scale discriminator (Wang,
 Liu, Zhu, Tao, Kautz, Catanzaro, *High-Resolution Image Synthesis and Semantic
 Manipulation with Conditional GANs*, CVPR 2018, section 3.2; ``NVIDIA/pix2pixHD``,
 ``models/networks.py``): ``DiscriminatorConfig(scales=S)`` judges the pair at S
@@ -51,6 +59,8 @@ __all__ = [
     "DiscriminatorConfig",
     "Generator",
     "GeneratorConfig",
+    "ResizeConv",
+    "as_conv_transpose",
     "conv_macs",
     "count_parameters",
     "gflop_per_tile",
@@ -69,6 +79,66 @@ def _instance_norm(channels: int) -> nn.Module:
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "instance": _instance_norm}
 
 
+class ResizeConv(nn.Module):
+    """Nearest-neighbour upsampling by 2, then a 3 × 3 convolution (padding 1), computed as
+    the kernel-4, stride-2, padding-1 transposed convolution it equals.
+
+    Output row ``2i`` sees upsampled rows ``2i - 1, 2i, 2i + 1``, which are input rows
+    ``i - 1, i, i``; output row ``2i + 1`` sees input rows ``i, i, i + 1``. In the
+    transposed convolution, row ``2i`` takes input ``i - 1`` through tap 3 and ``i``
+    through tap 1; row ``2i + 1`` takes ``i`` through tap 2 and ``i + 1`` through tap 0.
+    So, along each axis, tap 0 is kernel row 2, tap 1 rows 1 + 2, tap 2 rows 0 + 1 and
+    tap 3 row 0 (:attr:`TAP_ROWS`); both paddings are zeros.
+    """
+
+    #: the 3 × 3 kernel rows (or columns) summed into each of the 4 taps
+    TAP_ROWS = ((2,), (1, 2), (0, 1), (0,))
+
+    def __init__(self, cin: int, cout: int, bias: bool = True) -> None:
+        super().__init__()
+        # A Conv2d, so that init_weights initialises it and its weight is the 3 × 3 kernel.
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+        self.in_channels, self.out_channels = cin, cout
+
+    def transposed_weight(self) -> torch.Tensor:
+        """The equivalent transposed convolution's weight, (C_in, C_out, 4, 4). Sums, not a
+        matrix product: under autocast these stay in float32 until the convolution."""
+        k = self.conv.weight  # (C_out, C_in, 3, 3)
+        rows = torch.stack([sum(k[:, :, r] for r in taps) for taps in self.TAP_ROWS], dim=2)  # (.., 4, 3)
+        taps = torch.stack([sum(rows[..., c] for c in cols) for cols in self.TAP_ROWS], dim=3)  # (.., 4, 4)
+        return taps.transpose(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.transposed_weight(), self.conv.bias, stride=2, padding=1)
+
+    @torch.no_grad()
+    def as_conv_transpose(self) -> nn.ConvTranspose2d:
+        """A ``ConvTranspose2d`` computing the same function (a copy)."""
+        w = self.conv.weight
+        deconv = nn.ConvTranspose2d(self.in_channels, self.out_channels, 4, stride=2, padding=1,
+                                    bias=self.conv.bias is not None, device=w.device, dtype=w.dtype)
+        deconv.weight.copy_(self.transposed_weight())
+        if self.conv.bias is not None:
+            deconv.bias.copy_(self.conv.bias)
+        return deconv
+
+
+def as_conv_transpose(layer: nn.Module) -> nn.ConvTranspose2d:
+    """A decoder layer (``Up.conv``, the head's first module) as a ``ConvTranspose2d``: what
+    the inference engines take, whichever ``upsample`` the generator was built with."""
+    return layer.as_conv_transpose() if isinstance(layer, ResizeConv) else layer
+
+
+def _upsampler(kind: str, cin: int, cout: int, bias: bool) -> nn.Module:
+    if kind == "resize":
+        return ResizeConv(cin, cout, bias=bias)
+    return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=bias)
+
+
+#: GeneratorConfig.upsample values: the paper's transposed convolutions, or resize-convolutions
+UPSAMPLERS = ("deconv", "resize")
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Shape of the U-Net generator. The defaults are the paper's network."""
@@ -79,10 +149,13 @@ class GeneratorConfig:
     num_downs: int = 8  # 2**8 = 256: a 256×256 tile reaches 1×1 in the bottleneck
     norm: str = "batch"  # "batch" (paper) or "instance" (paper's test-time behaviour)
     dropout: float = 0.5  # on the first three decoder layers, training only
+    upsample: str = "deconv"  # decoder layers: "deconv" (paper) or "resize" (ResizeConv)
 
     def __post_init__(self) -> None:
         if self.norm not in NORM_LAYERS:
             raise ValueError(f"norm={self.norm!r} is not one of {sorted(NORM_LAYERS)}")
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample={self.upsample!r} is not one of {', '.join(UPSAMPLERS)}")
         if self.num_downs < 5:
             raise ValueError(f"num_downs={self.num_downs} must be at least 5 (C64…C512)")
         if self.base_width < 1:
@@ -100,7 +173,12 @@ class GeneratorConfig:
         return 2**self.num_downs
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.upsample == "deconv":
+            # Left out at its default, so that such checkpoints stay as they were and older
+            # geo-pix2pix versions (whose config has no ``upsample``) still read them.
+            del d["upsample"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -143,11 +221,12 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Decoder block Ck / CDk: ConvTranspose(4, stride 2) → Norm → [Dropout] → ReLU."""
+    """Decoder block Ck / CDk: ConvTranspose(4, stride 2) → Norm → [Dropout] → ReLU
+    (``upsample="resize"``: a :class:`ResizeConv` in place of the transposed convolution)."""
 
-    def __init__(self, cin: int, cout: int, norm_layer, dropout: float = 0.0) -> None:
+    def __init__(self, cin: int, cout: int, norm_layer, dropout: float = 0.0, upsample: str = "deconv") -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False)
+        self.conv = _upsampler(upsample, cin, cout, bias=False)
         self.norm = norm_layer(cout)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.act = nn.ReLU(inplace=True)
@@ -186,11 +265,11 @@ class Generator(nn.Module):
         cin = enc[-1]
         for i in range(len(enc) - 1):
             cout = enc[-2 - i]
-            ups.append(Up(cin, cout, norm_layer, config.dropout if i < 3 else 0.0))
+            ups.append(Up(cin, cout, norm_layer, config.dropout if i < 3 else 0.0, config.upsample))
             cin = 2 * cout  # after concatenation with the skip of the same width
         self.ups = nn.ModuleList(ups)
         self.head = nn.Sequential(
-            nn.ConvTranspose2d(cin, config.out_channels, 4, stride=2, padding=1),
+            _upsampler(config.upsample, cin, config.out_channels, bias=True),
             nn.Tanh(),
         )
         init_weights(self)

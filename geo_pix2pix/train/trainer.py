@@ -375,7 +375,7 @@ class Trainer:
         if ckpt.generator_config != self.G.config:
             raise CheckpointError(
                 f"--resume {str(path)!r}: its generator is {ckpt.generator_config} but this run "
-                f"builds {self.G.config}: pass the same --width/--norm or start a new run"
+                f"builds {self.G.config}: pass the same --width/--norm/--upsample or start a new run"
             )
         shipped = ckpt.build_generator().state_dict()
         t = ckpt.training
@@ -517,7 +517,8 @@ def checkpoint_recipe(ckpt: Checkpoint) -> dict:
     if "load_size" in cfg:
         lo, hi = cfg["load_size"]
         recipe["load_size"] = str(lo) if lo == hi else f"{lo}-{hi}"
-    recipe.update(width=ckpt.generator_config.base_width, norm=ckpt.generator_config.norm)
+    recipe.update(width=ckpt.generator_config.base_width, norm=ckpt.generator_config.norm,
+                  upsample=ckpt.generator_config.upsample)
     if ckpt.discriminator_config is not None:
         recipe["d_width"] = ckpt.discriminator_config.base_width
         recipe["d_scales"] = ckpt.discriminator_config.scales
