@@ -148,3 +148,18 @@ def test_two_gloo_processes_keep_every_scale_in_step(tmp_path):
     for r in range(2):
         state = torch.load(ranks / f"{r}.pt", weights_only=True)["D"]
         assert all(torch.equal(state[k], v) for k, v in saved.items()), r
+
+
+def test_memory_check_counts_the_coarser_discriminators_outputs():
+    from geo_pix2pix.model.memory import layer_outputs, meta_module, train_bytes
+
+    g = meta_module(lambda: Generator(TINY_G))
+    one = meta_module(lambda: Discriminator(base_width=4, norm="instance"))
+    two = meta_module(lambda: Discriminator(TINY_D2))
+    x = torch.empty(1, 3, 256, 256, device="meta")
+    full = layer_outputs(one, x, x, scales=True)
+    # The half-resolution PatchGAN keeps about a quarter of the full one's outputs per sample.
+    extra = layer_outputs(two, x, x, scales=True) - full
+    assert 0.2 * full < extra < 0.3 * full
+    params = sum(p.numel() for p in two.coarser.parameters())
+    assert train_bytes(g, two, 4, 256, 300) - train_bytes(g, one, 4, 256, 300) >= 4 * 4 * extra + 4 * params

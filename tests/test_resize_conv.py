@@ -26,9 +26,10 @@ def test_resize_conv_is_nearest_upsampling_then_a_3x3_convolution(bias, shape):
     torch.manual_seed(0)
     layer = ResizeConv(5, 7, bias=bias).double()
     if bias:
-        torch.nn.init.normal_(layer.conv.bias)
+        torch.nn.init.normal_(layer.bias)
     x = torch.randn(2, 5, *shape, dtype=torch.float64)
-    want = layer.conv(F.interpolate(x, scale_factor=2, mode="nearest"))  # zero padding on the upsampled image
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    want = F.conv2d(up, layer.weight, layer.bias, padding=1)  # zero padding on the upsampled image
     assert layer(x).shape == (2, 7, 2 * shape[0], 2 * shape[1])
     torch.testing.assert_close(layer(x), want, rtol=0, atol=1e-12)
     deconv = layer.as_conv_transpose()
@@ -39,8 +40,8 @@ def test_resize_conv_is_nearest_upsampling_then_a_3x3_convolution(bias, shape):
 def test_gradients_reach_the_3x3_kernel_only():
     layer = ResizeConv(3, 2)
     layer(torch.randn(1, 3, 4, 4)).square().sum().backward()
-    assert [n for n, _ in layer.named_parameters()] == ["conv.weight", "conv.bias"]
-    assert layer.conv.weight.grad.shape == (2, 3, 3, 3) and layer.conv.weight.grad.abs().sum() > 0
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert layer.weight.grad.shape == (2, 3, 3, 3) and layer.weight.grad.abs().sum() > 0
 
 
 def test_resize_generator_runs_in_every_engine_as_the_eager_network():
@@ -93,3 +94,12 @@ def test_training_resumes_with_the_same_decoder_and_refuses_another(tmp_path):
                       "pass the same --width/--norm/--upsample or start a new run")
     bad = cli(*train[:3], tmp_path / "new", *train[4:], "--upsample", "bilinear")  # click's usage error
     assert bad.exit_code == 2 and "'bilinear' is not one of 'deconv', 'resize'" in bad.output
+
+
+def test_memory_check_counts_the_resize_decoders_outputs():
+    from geo_pix2pix.model.memory import layer_outputs, meta_module
+
+    x = torch.empty(1, 3, 256, 256, device="meta")
+    deconv = meta_module(lambda: Generator(base_width=4, norm="instance"))
+    resize = meta_module(lambda: Generator(TINY_RESIZE))
+    assert layer_outputs(resize, x) == layer_outputs(deconv, x)  # the same layer outputs, kept for backward

@@ -73,9 +73,9 @@ def meta_module(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
-def layer_outputs(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """Elements of every leaf module's output in one forward pass of ``module`` (on
-    ``meta`` inputs: shapes only): what a backward pass keeps, at the least."""
+def layer_outputs(module: nn.Module, *inputs: torch.Tensor, **kwargs) -> int:
+    """Elements of every leaf module's output in one forward pass ``module(*inputs, **kwargs)``
+    (on ``meta`` inputs: shapes only): what a backward pass keeps, at the least."""
     total = 0
 
     def count(_m, _i, out) -> None:
@@ -86,7 +86,7 @@ def layer_outputs(module: nn.Module, *inputs: torch.Tensor) -> int:
     hooks = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            module(*inputs)
+            module(*inputs, **kwargs)
     finally:
         for h in hooks:
             h.remove()
@@ -107,6 +107,7 @@ def train_bytes(generator: nn.Module, discriminator: nn.Module, batch_size: int,
     params = sum(p.numel() for net in (generator, discriminator) for p in net.parameters())
     x = torch.empty(1, generator.config.in_channels, crop_size, crop_size, device="meta")
     y = torch.empty(1, generator.config.out_channels, crop_size, crop_size, device="meta")
-    per_sample = layer_outputs(generator, x) + layer_outputs(discriminator, x, y)
+    # scales=True: every PatchGAN of a multi-scale discriminator, as the training step runs them
+    per_sample = layer_outputs(generator, x) + layer_outputs(discriminator, x, y, scales=True)
     per_sample += 6 * load_size * load_size + 6 * crop_size * crop_size  # the resized pair, the crops
     return TRAIN_BYTES_PER_PARAMETER * params + 4 * batch_size * per_sample

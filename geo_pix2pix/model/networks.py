@@ -88,7 +88,8 @@ class ResizeConv(nn.Module):
     transposed convolution, row ``2i`` takes input ``i - 1`` through tap 3 and ``i``
     through tap 1; row ``2i + 1`` takes ``i`` through tap 2 and ``i + 1`` through tap 0.
     So, along each axis, tap 0 is kernel row 2, tap 1 rows 1 + 2, tap 2 rows 0 + 1 and
-    tap 3 row 0 (:attr:`TAP_ROWS`); both paddings are zeros.
+    tap 3 row 0 (:attr:`TAP_ROWS`); both paddings are zeros. ``weight`` is the 3 × 3
+    kernel, laid out as a ``Conv2d``'s (C_out, C_in, 3, 3).
     """
 
     #: the 3 × 3 kernel rows (or columns) summed into each of the 4 taps
@@ -96,31 +97,35 @@ class ResizeConv(nn.Module):
 
     def __init__(self, cin: int, cout: int, bias: bool = True) -> None:
         super().__init__()
-        # A Conv2d, so that init_weights initialises it and its weight is the 3 × 3 kernel.
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
         self.in_channels, self.out_channels = cin, cout
+        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # Conv2d's default; init_weights replaces it
 
     def transposed_weight(self) -> torch.Tensor:
         """The equivalent transposed convolution's weight, (C_in, C_out, 4, 4). Sums, not a
         matrix product: under autocast these stay in float32 until the convolution."""
-        k = self.conv.weight  # (C_out, C_in, 3, 3)
+        k = self.weight
         rows = torch.stack([sum(k[:, :, r] for r in taps) for taps in self.TAP_ROWS], dim=2)  # (.., 4, 3)
         taps = torch.stack([sum(rows[..., c] for c in cols) for cols in self.TAP_ROWS], dim=3)  # (.., 4, 4)
         return taps.transpose(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.transposed_weight(), self.conv.bias, stride=2, padding=1)
+        return F.conv_transpose2d(x, self.transposed_weight(), self.bias, stride=2, padding=1)
 
     @torch.no_grad()
     def as_conv_transpose(self) -> nn.ConvTranspose2d:
         """A ``ConvTranspose2d`` computing the same function (a copy)."""
-        w = self.conv.weight
+        w = self.weight
         deconv = nn.ConvTranspose2d(self.in_channels, self.out_channels, 4, stride=2, padding=1,
-                                    bias=self.conv.bias is not None, device=w.device, dtype=w.dtype)
+                                    bias=self.bias is not None, device=w.device, dtype=w.dtype)
         deconv.weight.copy_(self.transposed_weight())
-        if self.conv.bias is not None:
-            deconv.bias.copy_(self.conv.bias)
+        if self.bias is not None:
+            deconv.bias.copy_(self.bias)
         return deconv
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}"
 
 
 def as_conv_transpose(layer: nn.Module) -> nn.ConvTranspose2d:
@@ -353,7 +358,7 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     Norm layers get scale N(1, 0.02) and shift 0, as the reference code does.
     """
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, ResizeConv)):
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
