@@ -119,7 +119,7 @@ def test_cli_options_refuse_bad_values_and_a_resume_with_other_scales(tmp_path):
     first.fit()
     last = tmp_path / "run" / "last.pt"
     line = assert_user_error(cli(*train, "--steps", "2", "--d-scales", "1", "--resume", last),
-                             "pass the same --d-width/--d-scales or start a new run")
+                             "pass the same --d-width/--d-scales/--spectral-norm or start a new run")
     assert "scales=2" in line and load_checkpoint(last).provenance["steps"] == 1
 
 

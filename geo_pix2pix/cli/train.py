@@ -36,6 +36,10 @@ from .signals import check_interrupted
               show_default=True,
               help="Discriminators at full, half, quarter… resolution (pix2pixHD): the coarser ones judge "
                    "whole blocks and the street layout.")
+@click.option("--spectral-norm/--no-spectral-norm", default=False, show_default=True,
+              help="Spectral normalisation of the discriminator's convolutions (SNGAN; pairs with --gan-loss hinge).")
+@click.option("--gan-loss", type=click.Choice(["bce", "hinge"]), default="bce", show_default=True,
+              help="bce = the paper's cross-entropy GAN loss; hinge = the hinge loss of SNGAN and SAGAN.")
 @click.option("--upsample", type=click.Choice(["deconv", "resize"]), default="deconv", show_default=True,
               help="Generator decoder layers: deconv = the paper's transposed convolutions; resize = "
                    "nearest-neighbour upsampling and a 3 × 3 convolution, which cannot paint a checkerboard.")
@@ -101,13 +105,14 @@ def train(ctx, data, out_dir, layout, direction, aerial, preset, resume, device,
         raise OptionError(f"--decay-steps {decay_steps} must be at most --steps {steps}: the learning rate decays "
                           "over the last --decay-steps of the run")
     gconf = GeneratorConfig(base_width=width, norm=norm, upsample=o["upsample"])
-    dconf = DiscriminatorConfig(base_width=d_width, norm=norm, scales=o["d_scales"])
+    dconf = DiscriminatorConfig(base_width=d_width, norm=norm, scales=o["d_scales"], spectral_norm=o["spectral_norm"])
     _check_train_memory(gconf, dconf, batch_size, sizes[1], device)
     source = pair_source(layout, data, direction, aerial)
     if ground_resolution is None:
         ground_resolution = getattr(source, "ground_resolution", None)
     cfg = TrainConfig(steps=steps, decay_steps=decay_steps, batch_size=batch_size, lr=o["lr"],
-                      l1_weight=o["l1_weight"], feature_matching=o["feature_matching"], load_size=sizes,
+                      l1_weight=o["l1_weight"], feature_matching=o["feature_matching"], gan_loss=o["gan_loss"],
+                      load_size=sizes,
                       augment=o["augment"], ema=o["ema"],
                       val_fraction=o["val_fraction"], split_by=o["split_by"], seed=o["seed"],
                       checkpoint_every=o["checkpoint_every"], ground_resolution=ground_resolution, amp=o["amp"])

@@ -31,7 +31,7 @@ Deviations from the paper, each with its reason:
    the only source of noise, but it makes output non-deterministic and makes
    overlapping tiles disagree, which shows as seams in a mosaic.
 
-Two opt-in recipe variants (issue 19). ``GeneratorConfig(upsample="resize")`` makes every
+Opt-in recipe variants (issue 19). ``GeneratorConfig(upsample="resize")`` makes every
 decoder layer a resize-convolution (Odena, Dumoulin, Olah, *Deconvolution and Checkerboard
 Artifacts*, Distill 2016): nearest-neighbour upsampling by 2, then a 3 × 3 convolution.
 Each input pixel then feeds the same number of output pixels through every weight, so the
@@ -43,7 +43,10 @@ engines run it as the transposed convolution it is (:func:`as_conv_transpose`). 
 Liu, Zhu, Tao, Kautz, Catanzaro, *High-Resolution Image Synthesis and Semantic
 Manipulation with Conditional GANs*, CVPR 2018, section 3.2; ``NVIDIA/pix2pixHD``,
 ``models/networks.py``): ``DiscriminatorConfig(scales=S)`` judges the pair at S
-resolutions; ``scales=1`` (the default) is the paper's network, weights and all.
+resolutions; ``scales=1`` (the default) is the paper's network, weights and all; and
+``DiscriminatorConfig(spectral_norm=True)`` normalises every convolution of D spectrally
+(Miyato, Kataoka, Koyama, Yoshida, *Spectral Normalization for Generative Adversarial
+Networks*, ICLR 2018).
 """
 
 from __future__ import annotations
@@ -195,6 +198,9 @@ class DiscriminatorConfig:
     norm: str = "batch"
     #: PatchGANs at 1, 1/2, 1/4, … of the resolution (pix2pixHD); 1 is the paper's single one
     scales: int = 1
+    #: spectral normalisation of every convolution's weight (Miyato et al., ICLR 2018): D's
+    #: slope bounded, so it cannot overpower G with ever larger logits
+    spectral_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in NORM_LAYERS:
@@ -204,10 +210,11 @@ class DiscriminatorConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.scales == 1:
-            # Left out at its default, so that such checkpoints stay as they were and older
-            # geo-pix2pix versions (whose config has no ``scales``) still read them.
-            del d["scales"]
+        # Left out at their defaults, so that such checkpoints stay as they were and older
+        # geo-pix2pix versions (whose config has neither) still read them.
+        for name, default in (("scales", 1), ("spectral_norm", False)):
+            if d[name] == default:
+                del d[name]
         return d
 
 
@@ -311,6 +318,10 @@ class Discriminator(nn.Module):
         # Empty at scales=1: no new state-dict keys, and the same weights from the same seed.
         self.coarser = nn.ModuleList(self._patchgan(config) for _ in range(config.scales - 1))
         init_weights(self)
+        if config.spectral_norm:  # after the initialisation, which it then divides by σ
+            for m in list(self.modules()):
+                if isinstance(m, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(m)
 
     @staticmethod
     def _patchgan(config: DiscriminatorConfig) -> nn.Sequential:

@@ -12,6 +12,10 @@ weight (``TrainConfig.feature_matching`` > 0), both GAN losses are averaged over
 scales and G also minimises λ_FM · |D_k(map, G(map)) − D_k(map, real)|₁ averaged over
 D's intermediate layers k and the scales. The defaults run the paper's step unchanged.
 
+``TrainConfig.gan_loss = "hinge"`` (issue 19, with spectral normalisation in mind: Miyato et
+al., ICLR 2018) replaces the BCE terms: D minimises ½ (relu(1 − D(real)) + relu(1 + D(fake))),
+G minimises −D(fake); everything else in the step stays.
+
 Learning rate: constant for ``steps - decay_steps`` steps, then linearly to zero over
 ``decay_steps`` (the reference code's ``n_epochs``/``n_epochs_decay``, in steps).
 
@@ -70,7 +74,9 @@ PRESETS: dict[str, dict] = {
 
 # The CLI options a checkpoint's recipe holds, by their TrainConfig field.
 _RECIPE_FIELDS = ("steps", "decay_steps", "batch_size", "lr", "l1_weight", "augment", "ema",
-                  "val_fraction", "split_by", "seed", "checkpoint_every", "amp", "feature_matching")
+                  "val_fraction", "split_by", "seed", "checkpoint_every", "amp", "feature_matching", "gan_loss")
+#: TrainConfig.gan_loss values
+GAN_LOSSES = ("bce", "hinge")
 
 
 @dataclass
@@ -85,6 +91,8 @@ class TrainConfig:
     #: uses 10; 0: none). Non-zero, or a discriminator of several scales, selects the
     #: pix2pixHD variant of the step (module docstring)
     feature_matching: float = 0.0
+    #: "bce": the paper's cross-entropy GAN loss; "hinge": the hinge loss (module docstring)
+    gan_loss: str = "bce"
     load_size: tuple[int, int] = (286, 286)  # jitter: resize to a size in this range
     crop_size: int = 256
     #: "mirror": the paper's random left-right mirror; "dihedral": also up-down mirrors and
@@ -135,6 +143,7 @@ class TrainConfig:
         need(finite(self.val_fraction) and 0 <= self.val_fraction < 1, "--val-fraction", self.val_fraction,
              "in [0, 1)")
         need(finite(self.ema) and 0 <= self.ema < 1, "--ema", self.ema, "in [0, 1), e.g. 0.999 (0 turns it off)")
+        need(self.gan_loss in GAN_LOSSES, "--gan-loss", self.gan_loss, f"one of {', '.join(GAN_LOSSES)}")
         need(self.split_by in SPLITS_BY, "--split-by", self.split_by, f"one of {', '.join(SPLITS_BY)}")
         need(self.augment in AUGMENTS, "--augment", self.augment, f"one of {', '.join(AUGMENTS)}")
         lo, hi = self.load_size
@@ -245,11 +254,9 @@ class Trainer:
             if self.pix2pixhd:
                 loss_d = self._loss_d_scales(map_, fake.detach(), real)
             else:
-                # D: real pairs → 1, generated pairs → 0; the objective is halved as in the paper.
                 pred_fake = self.d_step(map_, fake.detach()).float()
                 pred_real = self.d_step(map_, real).float()
-                loss_d = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
-                                + self.bce(pred_real, torch.ones_like(pred_real)))
+                loss_d = self._d_objective(pred_fake, pred_real)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
@@ -264,8 +271,7 @@ class Trainer:
                 if self.pix2pixhd:
                     loss_gan, loss_fm = self._loss_g_scales(map_, fake, real)
                 else:
-                    pred_fake = self.d_step(map_, fake).float()
-                    loss_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
+                    loss_gan = self._g_objective(self.d_step(map_, fake).float())
                 loss_l1 = (fake.float() - real).abs().mean()
                 loss_g = loss_gan + c.l1_weight * loss_l1
                 if loss_fm is not None:
@@ -284,15 +290,26 @@ class Trainer:
             losses["loss_g_fm"] = loss_fm.item()
         return losses
 
+    def _d_objective(self, pred_fake: torch.Tensor, pred_real: torch.Tensor) -> torch.Tensor:
+        """D's loss on one PatchGAN's logits: real pairs → 1, generated pairs → 0 (or the
+        hinge's margins), halved as in the paper."""
+        if self.config.gan_loss == "hinge":
+            return 0.5 * (torch.relu(1 - pred_real).mean() + torch.relu(1 + pred_fake).mean())
+        return 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake))
+                      + self.bce(pred_real, torch.ones_like(pred_real)))
+
+    def _g_objective(self, pred_fake: torch.Tensor) -> torch.Tensor:
+        """G's GAN loss on one PatchGAN's logits for generated pairs."""
+        if self.config.gan_loss == "hinge":
+            return -pred_fake.mean()
+        return self.bce(pred_fake, torch.ones_like(pred_fake))
+
     def _loss_d_scales(self, map_: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """pix2pixHD's D loss: the paper's halved objective on each scale's logits, averaged."""
+        """pix2pixHD's D loss: D's objective on each scale's logits, averaged."""
         fakes = self.d_step(map_, fake, scales=True)  # through forward: DDP syncs D's gradients
         reals = self.d_step(map_, real, scales=True)
-        losses = []
-        for f, r in zip(fakes, reals, strict=True):
-            pf, pr = f[-1].float(), r[-1].float()
-            losses.append(0.5 * (self.bce(pf, torch.zeros_like(pf)) + self.bce(pr, torch.ones_like(pr))))
-        return torch.stack(losses).mean()
+        return torch.stack([self._d_objective(f[-1].float(), r[-1].float())
+                            for f, r in zip(fakes, reals, strict=True)]).mean()
 
     def _loss_g_scales(self, map_: torch.Tensor, fake: torch.Tensor,
                        real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +318,7 @@ class Trainer:
         over the layers and the scales."""
         fakes = self.d_step(map_, fake, scales=True)
         logits = [f[-1].float() for f in fakes]
-        loss_gan = torch.stack([self.bce(p, torch.ones_like(p)) for p in logits]).mean()
+        loss_gan = torch.stack([self._g_objective(p) for p in logits]).mean()
         weight = self.config.feature_matching
         if not weight:
             return loss_gan, torch.zeros((), device=loss_gan.device)
@@ -394,7 +411,7 @@ class Trainer:
         if d.config != self.D.config:
             raise CheckpointError(
                 f"--resume {str(path)!r}: its discriminator is {d.config} but this run builds {self.D.config}: "
-                "pass the same --d-width/--d-scales or start a new run"
+                "pass the same --d-width/--d-scales/--spectral-norm or start a new run"
             )
         self.D.load_state_dict(d.state_dict())
         if t is None:  # a slim checkpoint (e.g. the shipped default model): weights only
@@ -522,6 +539,7 @@ def checkpoint_recipe(ckpt: Checkpoint) -> dict:
     if ckpt.discriminator_config is not None:
         recipe["d_width"] = ckpt.discriminator_config.base_width
         recipe["d_scales"] = ckpt.discriminator_config.scales
+        recipe["spectral_norm"] = ckpt.discriminator_config.spectral_norm
     if ckpt.ground_resolution is not None:
         recipe["ground_resolution"] = ckpt.ground_resolution
     return recipe
