@@ -4,6 +4,7 @@ calls leave the process's allocator and environment as they found them, the CLI 
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import os
 import subprocess
@@ -47,6 +48,28 @@ def large_block_mapped() -> bool:
         libc.free(p)
 
 
+_CHILD = "GEO_PIX2PIX_TEST_HEAP_CHILD"
+
+
+def isolated(test):
+    """Run ``test`` in a fresh interpreter. glibc serves a large block from a free chunk of
+    its heap, whatever its thresholds, and earlier tests in this process (an in-process
+    training run) leave such chunks behind: only a new process's heap is as a user's is."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        if os.environ.get(_CHILD) == test.__name__:
+            return test(*args, **kwargs)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test.__name__}"],
+            cwd=root, env={**os.environ, _CHILD: test.__name__}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+    return run
+
+
+@isolated
 def test_kept_heap_serves_large_blocks_from_the_heap_until_the_last_user_leaves():
     assert large_block_mapped()
     inside, release = threading.Event(), threading.Event()
@@ -69,6 +92,7 @@ def test_kept_heap_serves_large_blocks_from_the_heap_until_the_last_user_leaves(
     assert large_block_mapped()
 
 
+@isolated
 def test_restored_after_an_error():
     with pytest.raises(RuntimeError):
         with heap.kept_heap():
@@ -76,6 +100,7 @@ def test_restored_after_an_error():
     assert large_block_mapped()
 
 
+@isolated
 def test_process_thresholds_set_inside_apply_on_leaving(monkeypatch):
     _libc()
     monkeypatch.setattr(heap, "_left", dict(heap._left))
@@ -115,6 +140,7 @@ class Probe(torch.nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::geo_pix2pix.errors.ResolutionWarning")
+@isolated
 def test_library_render_leaves_the_process_as_it_found_it(make_raster, tmp_path):
     from geo_pix2pix import render
 
@@ -124,6 +150,7 @@ def test_library_render_leaves_the_process_as_it_found_it(make_raster, tmp_path)
     assert dict(os.environ) == env and large_block_mapped()
 
 
+@isolated
 def test_library_make_tiles_leaves_the_process_as_it_found_it(tmp_path):
     from geo_pix2pix.tiles import make_tiles
 
@@ -141,6 +168,7 @@ def test_library_make_tiles_leaves_the_process_as_it_found_it(tmp_path):
     assert dict(os.environ) == env and large_block_mapped()
 
 
+@isolated
 def test_cli_render_tunes_the_allocator_for_the_command(make_raster, tmp_path, monkeypatch):
     """The CLI enters the tuning around the command, and restores it on exit."""
     from geo_pix2pix.cli.main import main

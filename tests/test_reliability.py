@@ -415,7 +415,7 @@ def _checkpoint(path: Path, width: int = 4, discriminator: bool = True) -> Path:
 BAD_RESUMES = {
     "missing": (lambda ck: ck.parent / "missing.pt", "does not exist: check the path"),
     "foreign": (lambda ck: (torch.save({"state": torch.zeros(2)}, ck), ck)[1], "not a geo-pix2pix checkpoint"),
-    "other-width": (lambda ck: _checkpoint(ck, width=8), "pass the same --width/--norm or start a new run"),
+    "other-width": (lambda ck: _checkpoint(ck, width=8), "pass the same --width/--norm/--upsample or start a new run"),
     "no-discriminator": (lambda ck: _checkpoint(ck, discriminator=False), "has no discriminator matching"),
     "truncated": (lambda ck: (_truncate(_checkpoint(ck)), ck)[1], "corrupt, truncated"),
 }
