@@ -290,3 +290,33 @@ def test_cli_scheduler_runs_reduced_precision(make_raster, tmp_path, client, wei
     local, remote = read_tree(tmp_path / "t_local"), read_tree(tmp_path / "t_remote")
     assert len(remote) == 2 and remote.keys() == local.keys()
     assert all(np.array_equal(decode(remote[k]), decode(local[k])) for k in local)
+
+
+def _worker_log_lines() -> str:
+    """In a worker: what its distributed loggers let through, of two lines a closing
+    cluster gives and one other warning."""
+    import io
+    import logging
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    worker = logging.getLogger("distributed.worker")
+    worker.addHandler(handler)
+    try:
+        worker.error("Failed to communicate with scheduler during heartbeat.", exc_info=OSError("Stream is closed"))
+        logging.getLogger("distributed.worker.state_machine").warning(
+            "Async instruction for <Task cancelled name=\"execute('x')\"> ended with CancelledError")
+        worker.warning("Worker is at 85% memory usage. Pausing worker.")
+    finally:
+        worker.removeHandler(handler)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_drop_only_the_closing_noise():
+    """The workers of --scheduler local:N write to the user's terminal themselves: what they
+    log as the cluster closes under them (Ctrl-C) is dropped, other warnings are kept."""
+    pytest.importorskip("distributed")
+    with connect("local:1") as c:
+        (lines,) = c.run(_worker_log_lines).values()
+    assert lines == "Worker is at 85% memory usage. Pausing worker.\n"

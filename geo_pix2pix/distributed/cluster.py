@@ -94,6 +94,7 @@ def connect(scheduler) -> Iterator[Any]:
                     n_workers=value, threads_per_worker=1, processes=True, host="127.0.0.1",
                     dashboard_address=None))
                 client = stack.enter_context(distributed.Client(cluster))
+            client.register_plugin(_local_worker_logs(), name="geo-pix2pix-local-worker-logs")
             log.info("started a local Dask cluster of %d workers at %s", value, cluster.scheduler_address)
             yield client
         return
@@ -105,6 +106,37 @@ def connect(scheduler) -> Iterator[Any]:
     with client:
         log.info("connected to the Dask scheduler at %s (%d workers)", value, len(client.nthreads()))
         yield client
+
+
+#: What a local cluster's workers log when it is closed under them (Ctrl-C, an error): a
+#: task cancelled while it ran, and a heartbeat that found the scheduler gone, with a
+#: traceback. The scheduler of a local cluster lives in the client's process, so it is
+#: gone only when the client closes it.
+_CLOSING_NOISE = ("Failed to communicate with scheduler during heartbeat", "Heartbeat to scheduler failed")
+
+
+class _ClosingNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith(_CLOSING_NOISE)
+                    or (msg.startswith("Async instruction for") and msg.endswith("ended with CancelledError")))
+
+
+def _local_worker_logs():
+    """A worker plugin for ``local:N`` clusters that drops :data:`_CLOSING_NOISE` from the
+    worker processes' logs, which go straight to the user's terminal. Registered once, it
+    is set up again on every worker the nanny restarts. (Defined here so that Dask is
+    imported only when a cluster is used.)"""
+    from distributed import WorkerPlugin
+
+    class LocalWorkerLogs(WorkerPlugin):
+        def setup(self, worker) -> None:
+            for name in ("distributed.worker", "distributed.worker.state_machine"):
+                logger = logging.getLogger(name)
+                if not any(isinstance(f, _ClosingNoise) for f in logger.filters):
+                    logger.addFilter(_ClosingNoise())
+
+    return LocalWorkerLogs()
 
 
 @contextmanager
