@@ -112,7 +112,9 @@ def test_calibration_of_another_network_is_refused(calibrated):
 
 def test_calibration_of_an_older_format_is_refused(calibrated):
     gen, cal = calibrated
-    with pytest.raises(CheckpointError, match="not one this geo-pix2pix reads: run 'geo-pix2pix calibrate' again"):
+    expected = (r"not one this geo-pix2pix reads \(format 3, backend 'x86'\): "
+                r"run 'geo-pix2pix calibrate MAP.tif -w checkpoint -o CALIBRATED.pt' again")
+    with pytest.raises(CheckpointError, match=expected):
         quantize(gen, {**cal, "format": 1})
 
 

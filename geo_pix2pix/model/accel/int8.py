@@ -160,11 +160,13 @@ def quantize(gen: Generator, calibration: dict[str, Any] | None, source: str = "
             f"{source} holds no int8 calibration: run 'geo-pix2pix calibrate MAP.tif -w {source} "
             "-o CALIBRATED.pt' on maps like those you render, or use --precision fp32"
         )
+    again = (f"run 'geo-pix2pix calibrate MAP.tif -w {source} -o CALIBRATED.pt' again on maps like those "
+             "you render, or use --precision fp32")
     if calibration.get("format") != CALIBRATION_FORMAT or calibration.get("backend") != BACKEND:
         raise CheckpointError(
             f"{source}: its int8 calibration (format {calibration.get('format')!r}, backend "
-            f"{calibration.get('backend')!r}) is not one this geo-pix2pix reads: run "
-            f"'geo-pix2pix calibrate' again"
+            f"{calibration.get('backend')!r}) is not one this geo-pix2pix reads (format {CALIBRATION_FORMAT}, "
+            f"backend {BACKEND!r}): {again}"
         )
     from torch.ao.quantization.quantize_fx import convert_fx
 
@@ -175,7 +177,7 @@ def quantize(gen: Generator, calibration: dict[str, Any] | None, source: str = "
         if set(stored) != expected:
             raise CheckpointError(
                 f"{source}: its int8 calibration was made for another network "
-                f"({len(stored)} observers, this one has {len(expected)}): run 'geo-pix2pix calibrate' again"
+                f"({len(stored)} observers, this one has {len(expected)}): {again}"
             )
         prepared.load_state_dict(stored, strict=False)
         qmodel = convert_fx(prepared)
