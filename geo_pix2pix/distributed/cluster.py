@@ -108,25 +108,25 @@ def connect(scheduler) -> Iterator[Any]:
         yield client
 
 
-#: What a local cluster's workers log when it is closed under them (Ctrl-C, an error): a
-#: task cancelled while it ran, and a heartbeat that found the scheduler gone, with a
-#: traceback. The scheduler of a local cluster lives in the client's process, so it is
-#: gone only when the client closes it.
-_CLOSING_NOISE = ("Failed to communicate with scheduler during heartbeat", "Heartbeat to scheduler failed")
-
-
 class _ClosingNoise(logging.Filter):
+    """Drops what a local cluster's workers log when it is closed under them (Ctrl-C, an
+    error): a heartbeat that found the scheduler gone, with a traceback, and a task
+    cancelled while it ran. A local cluster's scheduler lives in the client's process, so
+    it is gone only when the client closes it."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not (msg.startswith(_CLOSING_NOISE)
-                    or (msg.startswith("Async instruction for") and msg.endswith("ended with CancelledError")))
+        heartbeat = msg.startswith(("Failed to communicate with scheduler during heartbeat",
+                                    "Heartbeat to scheduler failed"))
+        cancelled = msg.startswith("Async instruction for") and msg.endswith("ended with CancelledError")
+        return not (heartbeat or cancelled)
 
 
 def _local_worker_logs():
-    """A worker plugin for ``local:N`` clusters that drops :data:`_CLOSING_NOISE` from the
-    worker processes' logs, which go straight to the user's terminal. Registered once, it
-    is set up again on every worker the nanny restarts. (Defined here so that Dask is
-    imported only when a cluster is used.)"""
+    """A worker plugin for ``local:N`` clusters that puts :class:`_ClosingNoise` on the
+    worker processes' loggers, whose lines go straight to the user's terminal. Registered
+    once, it is set up again on every worker the nanny restarts. (Defined here so that
+    Dask is imported only when a cluster is used.)"""
     from distributed import WorkerPlugin
 
     class LocalWorkerLogs(WorkerPlugin):
