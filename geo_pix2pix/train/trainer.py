@@ -61,10 +61,10 @@ __all__ = ["PRESETS", "TrainConfig", "Trainer", "checkpoint_recipe"]
 #: ``geo-pix2pix train --preset NAME``: whole recipes, in the CLI's option names; any
 #: option given on the command line overrides its preset value.
 PRESETS: dict[str, dict] = {
-    # The shipped default model's recipe (docs/model-card.md, version 3): batch 4, base
-    # widths 32/32, an EMA of the generator, 12,000 steps at a constant learning rate (the
-    # colours and sharpness that version 2 got from its decay phase came with more steps
-    # instead, without the decay's loss of L1 and SSIM); a few hours on a 2-core CPU with bfloat16.
+    # The shipped default model's recipe (docs/model-card.md, "Version 3", with its training
+    # time and CPU): batch 4, base widths 32/32, an EMA of the generator, 12,000 steps at a
+    # constant learning rate (the colours and sharpness that version 2 got from its decay
+    # phase came with more steps instead, without the decay's loss of L1 and SSIM).
     "default": dict(width=32, d_width=32, norm="instance", batch_size=4, load_size="256-300",
                     steps=12_000, decay_steps=0, ema=0.999, augment="mirror", ground_resolution=2.12),
     # The paper's maps recipe: 200 epochs of the 1,096 training tiles at batch 1, the
@@ -115,9 +115,7 @@ class TrainConfig:
     ground_resolution: float | None = None  # metres per pixel of the crops, if known
     #: mixed precision: float16 autocast on CUDA, bfloat16 on CPUs that multiply it in
     #: hardware (devices.cpu_has_native_bf16); weights, gradients, Adam and losses stay
-    #: float32.
-    #: On this project's 2-core CPU a step ran 1.5–1.6× faster than in float32 (1.6–2.0×
-    #: the reference recipe's; docs/performance.md).
+    #: float32. Its speed-up, by CPU: docs/performance.md, "Training steps/s".
     amp: bool = True
 
     def __post_init__(self) -> None:

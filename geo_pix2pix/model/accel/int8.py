@@ -105,8 +105,8 @@ def _prepared(gen: Generator) -> nn.Module:
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     # Channels-last throughout: fbgemm's convolutions take NHWC (an NCHW input is copied
-    # to NHWC first) and a quantised concatenation of NHWC tensors is 10× faster than of
-    # NCHW ones; with it the default model's int8 engine ran 1.3-1.4× faster. Every
+    # to NHWC first) and a quantised concatenation of NHWC tensors is much faster than of
+    # NCHW ones (docs/performance.md, "Session 3: a channels-last int8 graph"). Every
     # transposed convolution as a SubPixelDeconv, an ordinary convolution.
     engine = InferenceUNet(copy.deepcopy(gen).cpu().float().eval(), channels_last=True, subpixel_decoder=True)
     for m in engine.modules():
@@ -114,11 +114,10 @@ def _prepared(gen: Generator) -> nn.Module:
             m.inplace = False  # quantised activations cannot work in place
     # PyTorch's quantised InstanceNorm is exact only on an NCHW input (torch 2.13,
     # fbgemm). On a channels-last batch of 2 or more tiles it rounds a few outputs one
-    # step off, so a tile's int8 output depended on its batch-mates (up to 0.47 on
-    # [-1, 1]; mean error against fp32 0.039 in batches, 0.031 alone: default model, AMD
-    # EPYC); at 2 × 2 and 4 × 4 px it also read memory it never wrote (outputs off by up
-    # to 8, changing from run to run). Every quantised InstanceNorm gets an NCHW copy of
-    # its input.
+    # step off, so a tile's int8 output depended on its batch-mates; at 2 × 2 and 4 × 4 px
+    # it also read memory it never wrote, changing from run to run. Every quantised
+    # InstanceNorm gets an NCHW copy of its input (figures and cost: docs/performance.md,
+    # "Session 12: every quantised InstanceNorm gets an NCHW input").
     for stack in ("downs", "ups"):
         for i, block in enumerate(getattr(engine, stack)):
             if f"{stack}.{i}" not in FLOAT_LAYERS and isinstance(block.norm, nn.InstanceNorm2d):
